@@ -1,0 +1,250 @@
+"""``genaug``: the command line.
+
+    genaug train --model cgan --dataset digits --name digits-cgan --workers 2
+    genaug models
+    genaug quickstart
+
+Every subcommand takes ``--home`` (default ``$GENAUG_HOME`` or ``./genaug-data``). Bad input exits with
+status 2 and a message naming the bad value and the valid options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from jobs.storage import resolve_home
+
+
+def _home_parent() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--home", default=None, help="storage root (default $GENAUG_HOME or ./genaug-data)")
+    return p
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from jobs.train import run
+
+    run(args)
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from jobs.registry import Registry
+
+    reg = Registry(args.home)
+    rows = []
+    for mv in reg.list():
+        info = mv.info
+        shape = "x".join(str(d) for d in info.get("image_shape") or [])
+        losses = " ".join(f"{k}={v:.3f}" for k, v in (info.get("final_losses") or {}).items())
+        rows.append([mv.ref, info.get("type", "?"), info.get("dataset", "?"), shape,
+                     str(len(info.get("classes", []))), str(info.get("epochs", "")), losses,
+                     info.get("created_at", "")])
+    if not rows:
+        print(f"no models under {reg.root} (train one: genaug train --model cgan --dataset digits --name digits-cgan)")
+        return 0
+    print_table(["MODEL", "TYPE", "DATASET", "SHAPE", "CLASSES", "EPOCHS", "FINAL LOSSES", "CREATED"], rows)
+    return 0
+
+
+def print_table(header: list[str], rows: list[list[str]]) -> None:
+    """Print left-aligned columns."""
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for r in [header, *rows]:
+        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+
+
+def _service(args: argparse.Namespace):
+    """A client of ``$GENAUG_URL`` when set, else the embedded default started for this command."""
+    import contextlib
+    import os
+
+    from cluster.client import Client
+
+    if os.environ.get("GENAUG_URL"):
+        return contextlib.nullcontext(Client())
+
+    @contextlib.contextmanager
+    def embedded():
+        from cluster.service import local_service
+
+        print("starting the embedded service (local Ray, Serve on 127.0.0.1, SQLite) ...", file=sys.stderr)
+        with local_service(args.home) as url:
+            yield Client(url, token="")
+
+    return embedded()
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from jobs.generate import request_from_args
+
+    req = request_from_args(args)
+    with _service(args) as client:
+        job = client.submit_job(req, idempotency_key=args.idempotency_key)
+        print(job["id"])
+        if not args.wait:
+            return 0
+        job = client.wait(job["id"])
+    return _print_outcome(job)
+
+
+def _print_outcome(job: dict) -> int:
+    if job["status"] != "succeeded":
+        print(f"job {job['id']} {job['status']}: {job.get('error') or ''}".rstrip(), file=sys.stderr)
+        return 1
+    totals = (job.get("result") or {}).get("totals", {})
+    print(f"output: {job['output']}")
+    print(f"rows: {totals.get('rows', job['rows_done']):,} in {job['total_shards']} shards")
+    per_class = totals.get("per_class") or {}
+    print("per class: " + ", ".join(f"{k}={v:,}" for k, v in per_class.items()))
+    return 0
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    import json
+
+    with _jobs_backend(args) as backend:
+        if args.jobs_command == "list":
+            jobs = backend.jobs(args.status)
+            rows = [[j["id"], j["status"], (j.get("spec") or {}).get("model", ""), f"{j['progress']:.0%}",
+                     f"{j['rows_done']:,}/{j['total_rows']:,}", str(j.get("priority", 0)), _ts(j["created_at"])]
+                    for j in jobs]
+            if not rows:
+                print("no jobs")
+            else:
+                print_table(["ID", "STATUS", "MODEL", "PROGRESS", "ROWS", "PRIORITY", "CREATED"], rows)
+        elif args.jobs_command == "show":
+            print(json.dumps(backend.job(args.id), indent=2, sort_keys=True))
+        elif args.jobs_command == "cancel":
+            job = backend.cancel(args.id)
+            print(f"{job['id']} {job['status']}")
+    return 0
+
+
+def _ts(t: float | None) -> str:
+    import time
+
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else ""
+
+
+def _jobs_backend(args: argparse.Namespace):
+    """``genaug jobs`` talks to ``$GENAUG_URL``, or reads and writes the local SQLite queue directly."""
+    import contextlib
+    import os
+
+    from cluster.client import Client
+
+    if os.environ.get("GENAUG_URL"):
+        return contextlib.nullcontext(Client())
+    from cluster.queue import JobStore
+
+    store = JobStore(resolve_home(args.home) / "state" / "queue.sqlite")
+
+    class Local:
+        def jobs(self, status):
+            return store.list(status=status)
+
+        def job(self, job_id):
+            return store.get(job_id)
+
+        def cancel(self, job_id):
+            return store.cancel(job_id)
+
+    return contextlib.nullcontext(Local())
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import os
+    import signal
+    import threading
+
+    from cluster.service import deploy, is_loopback, undeploy
+    from jobs.rayinit import ray_session
+
+    if not is_loopback(args.host) and not os.environ.get("GENAUG_API_TOKEN") and not args.insecure:
+        raise ValueError(f"refusing to bind non-loopback host {args.host!r} without GENAUG_API_TOKEN; "
+                         "set a token, or pass --insecure to serve without auth")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with ray_session():
+        url = deploy(args.home, args.host, args.port,
+                     {"max_replicas": args.max_replicas, "gpu_per_replica": args.gpu_per_replica})
+        print(f"genaug serving at {url}  (docs {url}/docs; storage {resolve_home(args.home)}); Ctrl-C stops",
+              flush=True)
+        try:
+            while not stop.wait(0.5):
+                pass
+        except KeyboardInterrupt:
+            pass
+        print("shutting down ...", flush=True)
+        undeploy()
+    return 0
+
+
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    from cluster.quickstart import run
+
+    return run(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from jobs import generate, train
+
+    parser = argparse.ArgumentParser(prog="genaug", description="genaug: synthetic training data as a service")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    home = _home_parent()
+
+    p = sub.add_parser("train", parents=[home], help="train a model with Ray Train and register it")
+    train.add_arguments(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("models", parents=[home], help="list registered models and versions")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("generate", parents=[home], help="submit a generation job (prints its id)")
+    generate.add_request_arguments(p)
+    p.add_argument("--wait", action="store_true", help="show progress until the job ends, then print the result")
+    p.add_argument("--idempotency-key", default=None, help="a retried submission with this key returns the same job")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("jobs", parents=[home], help="list, show or cancel generation jobs")
+    jsub = p.add_subparsers(dest="jobs_command", metavar="ACTION", required=True)
+    q = jsub.add_parser("list", parents=[home], help="jobs, newest first")
+    q.add_argument("--status", default=None, help="queued, running, succeeded, failed or cancelled")
+    q = jsub.add_parser("show", parents=[home], help="one job as JSON")
+    q.add_argument("id")
+    q = jsub.add_parser("cancel", parents=[home], help="cancel a queued or running job")
+    q.add_argument("id")
+    p.set_defaults(func=cmd_jobs)
+
+    p = sub.add_parser("serve", parents=[home], help="run the HTTP service until Ctrl-C")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--insecure", action="store_true", help="allow a non-loopback host without GENAUG_API_TOKEN")
+    p.add_argument("--max-replicas", type=int, default=2, help="generator replicas at most (autoscaling)")
+    p.add_argument("--gpu-per-replica", type=float, default=0.0, help="GPU fraction per generator replica")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("quickstart", parents=[home], help="train two digit models, serve, generate: the demo")
+    p.add_argument("--per-class", type=int, default=200, help="rows per class in the demo jobs (default 200)")
+    p.set_defaults(func=cmd_quickstart)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        resolve_home(args.home)
+        return args.func(args) or 0
+    except (ValueError, FileNotFoundError, ConnectionError) as e:
+        print(f"genaug {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

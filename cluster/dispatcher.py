@@ -1,0 +1,235 @@
+"""The queue owner: one detached Ray actor that owns the SQLite job store and dispatches shards.
+
+Everything else (the HTTP ingress, the CLI, tests) reaches the queue through this actor, so it works
+when they run on other nodes. The actor:
+
+- validates and records submissions (nothing is written for a rejected request);
+- claims queued jobs (priority, then FIFO; at most ``max_running`` at once) and sends their missing
+  shards, one call per shard, to the generator deployment through a ``DeploymentHandle`` with up to
+  ``max_in_flight`` shards in flight across replicas;
+- records a shard only after the replica returned (the file is already committed under its final
+  name); a failed call (a replica died) is re-sent, since regenerating a shard gives the same bytes;
+- renews the lease of its running jobs; a job whose owner died is claimed again when the lease
+  expires, and on start-up every job left running is requeued and resumes from its committed shards;
+- checks for cancellation at each shard boundary and then removes any shard it did not record;
+- writes ``manifest.json``, the card and ``_SUCCESS`` when every shard is committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+import traceback
+import uuid
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from cluster.queue import InvalidTransition, JobNotFound, JobStatus, JobStore
+from jobs import shards
+from jobs.generate import JobSpec, ShardTask, lineage, new_job_id, validate_request
+from jobs.registry import Registry
+from jobs.storage import resolve_home
+
+log = logging.getLogger("genaug.queue")
+
+QUEUE_ACTOR = "genaug-queue"
+NAMESPACE = "genaug"
+MAX_SHARD_ATTEMPTS = 5
+
+
+class QueueOwner:
+    """Actor body; create it with ``get_queue(...)``."""
+
+    def __init__(self, home: str, app_name: str = "genaug", deployment: str = "Generator",
+                 max_running: int = 2, max_in_flight: int = 4, lease_s: float = 30.0,
+                 max_total_rows: int | None = None, poll_s: float = 0.2):
+        self.home = resolve_home(home)
+        self.store = JobStore(self.home / "state" / "queue.sqlite", lease_s=lease_s)
+        self.owner = f"queue-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.app_name, self.deployment = app_name, deployment
+        self.max_running, self.max_in_flight = max_running, max_in_flight
+        self.max_total_rows = max_total_rows
+        self.lease_s, self.poll_s = lease_s, poll_s
+        self.requeued = self.store.requeue_running("queue owner started")
+        self._tasks: dict[str, asyncio.Task] = {}
+        self._loop_task: asyncio.Task | None = None
+        self.started_at = time.time()
+
+    # -------------------------------------------------------------- API (called through Ray)
+
+    async def ready(self) -> dict:
+        """Start the dispatch loop (idempotent) and report the owner's identity."""
+        if self._loop_task is None or self._loop_task.done():
+            self._loop_task = asyncio.get_running_loop().create_task(self._dispatch_loop())
+        return {"owner": self.owner, "pid": os.getpid(), "requeued": self.requeued, "home": str(self.home)}
+
+    async def submit(self, request: dict, idempotency_key: str | None = None) -> dict:
+        """Validate ``request`` and queue it; the same ``idempotency_key`` returns the same job."""
+        await self.ready()
+        if idempotency_key:
+            existing = self.store.find_by_idempotency_key(idempotency_key)
+            if existing:
+                return {**existing, "existing": True}
+        job_id = new_job_id()
+        kwargs = {"max_total_rows": self.max_total_rows} if self.max_total_rows else {}
+        spec = validate_request(request, self.home, job_id=job_id, **kwargs)
+        return self.store.submit(spec.to_dict(), job_id=job_id, priority=spec.priority,
+                                 idempotency_key=idempotency_key, total_rows=spec.total_rows,
+                                 total_shards=spec.num_shards, output=spec.output)
+
+    async def get(self, job_id: str) -> dict:
+        return self.store.get(job_id)
+
+    async def list(self, status: str | None = None, limit: int = 100) -> list[dict]:
+        return self.store.list(status=status, limit=limit)
+
+    async def events(self, job_id: str) -> list[dict]:
+        return self.store.events(job_id)
+
+    async def shards(self, job_id: str) -> dict:
+        return self.store.committed_shards(job_id)
+
+    async def cancel(self, job_id: str, reason: str = "cancelled by user") -> dict:
+        """Cancel now; a running job stops at its next shard boundary and removes unrecorded shards."""
+        return self.store.cancel(job_id, reason=reason)
+
+    async def counts(self) -> dict:
+        return self.store.counts()
+
+    async def wait(self, job_id: str, timeout_s: float = 30.0) -> dict:
+        """Return the job once it is terminal or ``timeout_s`` passed (long-poll)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            job = self.store.get(job_id)
+            if job["status"] in {s.value for s in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)}:
+                return job
+            if time.monotonic() > deadline:
+                return job
+            await asyncio.sleep(0.2)
+
+    async def info(self) -> dict:
+        return {"owner": self.owner, "pid": os.getpid(), "running": sorted(self._tasks),
+                "started_at": self.started_at, "requeued_at_start": self.requeued}
+
+    # -------------------------------------------------------------- dispatching
+
+    async def _dispatch_loop(self) -> None:
+        while True:
+            try:
+                self._tasks = {k: t for k, t in self._tasks.items() if not t.done()}
+                while len(self._tasks) < self.max_running:
+                    job = self.store.claim(self.owner, limit_running=self.max_running)
+                    if job is None:
+                        break
+                    self._tasks[job["id"]] = asyncio.get_running_loop().create_task(self._run_job(job))
+                for job_id in list(self._tasks):
+                    try:
+                        self.store.heartbeat(job_id, self.owner)
+                    except (InvalidTransition, JobNotFound):
+                        pass  # cancelled or failed meanwhile; its task notices at the next boundary
+            except Exception:  # never let the loop die; the error is in the actor's log
+                log.exception("dispatch loop error")
+            await asyncio.sleep(self.poll_s)
+
+    def _status(self, job_id: str) -> str:
+        return self.store.get(job_id)["status"]
+
+    async def _run_job(self, job: dict) -> None:
+        job_id = job["id"]
+        spec = JobSpec.from_dict(job["spec"])
+        try:
+            await self._generate(job_id, spec)
+        except Exception as e:
+            log.exception("job %s failed", job_id)
+            try:
+                self.store.fail(job_id, f"{type(e).__name__}: {e}", owner=self.owner)
+            except (InvalidTransition, JobNotFound):
+                pass
+            await asyncio.to_thread(shards.cleanup_temp, spec.output)
+
+    async def _generate(self, job_id: str, spec: JobSpec) -> None:
+        from ray import serve
+
+        started = time.perf_counter()
+        handle = serve.get_deployment_handle(self.deployment, app_name=self.app_name)
+        await asyncio.to_thread(shards.cleanup_temp, spec.output)
+        done = {int(k): v for k, v in self.store.committed_shards(job_id).items()}
+        todo = [k for k in range(spec.num_shards) if k not in done]
+        attempts: dict[int, int] = {}
+        pending: dict[asyncio.Future, int] = {}
+        cancelled = False
+        while todo or pending:
+            if not cancelled and self._status(job_id) != JobStatus.RUNNING.value:
+                cancelled = True  # cancelled (or failed) by someone else: stop at this boundary
+            while todo and not cancelled and len(pending) < self.max_in_flight:
+                k = todo.pop(0)
+                task = ShardTask.of(spec, job_id, k).to_dict()
+                pending[asyncio.ensure_future(handle.generate_shard.remote(task))] = k
+            if not pending:
+                break
+            finished, _ = await asyncio.wait(list(pending), return_when=asyncio.FIRST_COMPLETED, timeout=1.0)
+            for fut in finished:
+                k = pending.pop(fut)
+                try:
+                    info = fut.result()
+                except Exception as e:
+                    attempts[k] = attempts.get(k, 0) + 1
+                    if attempts[k] >= MAX_SHARD_ATTEMPTS or _is_permanent(e):
+                        raise RuntimeError(f"shard {k} failed after {attempts[k]} attempt(s): {e}") from e
+                    log.warning("shard %d of %s failed (%s); re-sending", k, job_id, e)
+                    todo.insert(0, k)
+                    continue
+                if cancelled:
+                    continue
+                try:
+                    self.store.commit_shard(job_id, self.owner, k, info["rows"], info)
+                    done[k] = info
+                except InvalidTransition:
+                    cancelled = True
+        if cancelled:
+            await asyncio.to_thread(_remove_unrecorded, spec, set(self.store.committed_shards(job_id)))
+            return
+        mv = Registry(self.home).resolve(spec.model)
+        manifest = await asyncio.to_thread(
+            shards.finalize_dataset, spec.output, {"job_id": job_id, **spec.to_dict()}, lineage(mv),
+            [done[k] for k in sorted(done)], spec.classes, time.perf_counter() - started)
+        summary = {"output": spec.output, "totals": manifest["totals"], "rows_per_s": manifest.get("rows_per_s"),
+                   "duration_s": manifest.get("duration_s")}
+        self.store.complete(job_id, self.owner, result=summary)
+
+
+def _is_permanent(e: Exception) -> bool:
+    """Errors that re-sending cannot fix (bad model, disk full) fail the job at once."""
+    text = f"{type(e).__name__} {e}"
+    return any(s in text for s in ("ModelUnavailable", "No space left", "ENOSPC", "unknown model"))
+
+
+def _remove_unrecorded(spec: JobSpec, recorded: set) -> None:
+    """After a cancel: delete shard files the queue did not record, and any temporary file."""
+    shards.cleanup_temp(spec.output)
+    data = Path(spec.output) / "data"
+    keep = {shards.shard_name(int(k), spec.num_shards) for k in recorded}
+    if data.is_dir():
+        for p in data.iterdir():
+            if p.name not in keep:
+                p.unlink(missing_ok=True)
+
+
+def get_queue(home: str | os.PathLike | None = None, **options: Any):
+    """Get the named queue owner actor, creating it (detached, on the head node) if it does not exist."""
+    actor_cls = ray.remote(QueueOwner)
+    handle = actor_cls.options(
+        name=QUEUE_ACTOR, namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
+        max_restarts=-1, max_task_retries=3, num_cpus=0, max_concurrency=1000,
+        resources={"node:__internal_head__": 0.001},
+    ).remote(str(resolve_home(home)), **options)
+    ray.get(handle.ready.remote())
+    return handle
+
+
+def format_error(e: BaseException) -> str:
+    return "".join(traceback.format_exception_only(type(e), e)).strip()

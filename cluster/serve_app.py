@@ -1,0 +1,366 @@
+"""The genaug Serve application: a FastAPI ingress in front of the generator deployment.
+
+    genaug serve --host 127.0.0.1 --port 8000          # embedded: starts Ray, Serve and the queue
+    serve run cluster/serve_config.yaml                 # Ray's own tools, same app
+    serve deploy cluster/serve_config.yaml -a http://HEAD:8265
+
+``build_app(args)`` assembles it; the ingress gets (or creates) the queue owner actor, so a plain
+``serve deploy`` brings up the whole service. API reference: README.md and ``/docs``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import io
+import os
+import time
+from typing import Any, Literal
+
+import numpy as np
+from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from cluster.generator import Generator, ModelUnavailable
+from cluster.queue import InvalidTransition, JobNotFound
+from jobs.generate import TEMPERATURE_RANGE, parse_counts
+from jobs.registry import Registry, UnknownModel
+from jobs.storage import read_json, resolve_home
+
+APP_NAME = "genaug"
+DEFAULT_INLINE_CAP = 4096
+MAX_BODY_BYTES = 1 << 20
+
+
+class ApiError(Exception):
+    """An error answered as ``{"error", "detail"}`` with an HTTP status."""
+
+    def __init__(self, status: int, error: str, detail: Any = None):
+        super().__init__(error)
+        self.status, self.error, self.detail = status, error, detail
+
+
+class SamplesRequest(BaseModel):
+    """``POST /v1/samples``: samples returned inline."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model: str = Field(description="NAME or NAME:VERSION (latest when no version)", examples=["digits-cgan"])
+    per_class: int | None = Field(None, description="samples for every class")
+    counts: dict[str, int] | None = Field(None, description="samples per class, by index or name")
+    seed: int = Field(0, ge=0, lt=2**63, description="same seed, same images")
+    temperature: float = Field(1.0, ge=TEMPERATURE_RANGE[0], le=TEMPERATURE_RANGE[1])
+    format: Literal["json", "npz", "png"] = "json"
+
+
+class JobRequest(BaseModel):
+    """``POST /v1/jobs``: a generation job writing a Parquet dataset."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model: str = Field(description="NAME or NAME:VERSION (latest when no version)")
+    per_class: int | None = None
+    counts: dict[str, int] | None = None
+    seed: int = Field(0, ge=0, lt=2**63)
+    out: str | None = Field(None, description="output directory under the storage root (default datasets/<id>)")
+    shard_rows: int | None = Field(None, description="rows per shard (default 10000)")
+    temperature: float = Field(1.0, ge=TEMPERATURE_RANGE[0], le=TEMPERATURE_RANGE[1])
+    priority: int = Field(0, ge=-1000, le=1000)
+    filter: Literal["label"] | None = None
+
+
+def _error(status: int, error: str, detail: Any = None) -> JSONResponse:
+    return JSONResponse({"error": error, "detail": detail}, status_code=status)
+
+
+def _classify(e: BaseException) -> ApiError:
+    """Map domain errors (also when re-raised by Ray across processes) to HTTP errors."""
+    cause = getattr(e, "cause", None) or e
+    for exc in (cause, e):
+        if isinstance(exc, UnknownModel):
+            return ApiError(404, "not found", str(exc))
+        if isinstance(exc, JobNotFound):
+            return ApiError(404, "not found", str(exc).strip("'\""))
+        if isinstance(exc, ModelUnavailable):
+            return ApiError(503, "model unavailable", str(exc))
+        if isinstance(exc, InvalidTransition):
+            return ApiError(409, "conflict", str(exc))
+        if isinstance(exc, ValueError):
+            return ApiError(400, "bad request", str(exc))
+    raise e
+
+
+api = FastAPI(
+    title="genaug",
+    version="1",
+    description="Synthetic training data from class-conditional generators: inline samples and Parquet jobs.",
+)
+
+
+@api.exception_handler(ApiError)
+async def _api_error(_: Request, e: ApiError) -> JSONResponse:
+    return _error(e.status, e.error, e.detail)
+
+
+@api.exception_handler(RequestValidationError)
+async def _validation_error(_: Request, e: RequestValidationError) -> JSONResponse:
+    errors = [{k: v for k, v in err.items() if k in ("loc", "msg", "type")} for err in e.errors()]
+    if any(err.get("type") == "json_invalid" for err in errors):
+        return _error(400, "malformed JSON", errors)
+    return _error(422, "invalid request", errors)
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(_: Request, e: StarletteHTTPException) -> JSONResponse:
+    return _error(e.status_code, "not found" if e.status_code == 404 else "http error", e.detail)
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=256)
+@serve.ingress(api)
+class Ingress:
+    """HTTP front door: auth, validation, formats; generation goes to the ``Generator`` deployment."""
+
+    def __init__(self, generator: DeploymentHandle, home: str, token_sha256: str | None = None,
+                 inline_cap: int = DEFAULT_INLINE_CAP, queue_options: dict | None = None):
+        from cluster.dispatcher import get_queue
+
+        self.generator = generator
+        self.home = resolve_home(home)
+        self.registry = Registry(self.home)
+        self.token_sha256 = token_sha256
+        self.inline_cap = inline_cap
+        self.queue = get_queue(self.home, **(queue_options or {}))
+
+    # -------------------------------------------------------------- auth and helpers
+
+    def check_token(self, authorization: str | None) -> None:
+        if not self.token_sha256:
+            return
+        given = (authorization or "")
+        scheme, _, token = given.partition(" ")
+        digest = hashlib.sha256(token.strip().encode()).hexdigest() if scheme.lower() == "bearer" else ""
+        if not hmac.compare_digest(digest, self.token_sha256):
+            raise ApiError(401, "unauthorized", "send the API token as 'Authorization: Bearer <token>'")
+
+    async def _call(self, ref) -> Any:
+        try:
+            return await ref
+        except Exception as e:
+            raise _classify(e) from None
+
+    # -------------------------------------------------------------- health
+
+    @api.get("/healthz", tags=["health"])
+    async def healthz(self) -> dict:
+        """The process is alive."""
+        return {"status": "ok"}
+
+    @api.get("/readyz", tags=["health"])
+    async def readyz(self) -> JSONResponse:
+        """Registry readable, queue reachable, generator up."""
+        checks: dict[str, Any] = {}
+        try:
+            checks["registry"] = {"ok": True, "models": len(self.registry.names())}
+        except Exception as e:
+            checks["registry"] = {"ok": False, "error": str(e)}
+        for name, call in (("queue", lambda: self.queue.counts.remote()),
+                           ("generator", lambda: self.generator.stats.remote())):
+            try:
+                import asyncio
+
+                await asyncio.wait_for(_as_future(call()), timeout=5)
+                checks[name] = {"ok": True}
+            except Exception as e:
+                checks[name] = {"ok": False, "error": f"{type(e).__name__}: {e}"}
+        ok = all(c["ok"] for c in checks.values())
+        return JSONResponse({"status": "ready" if ok else "not ready", "checks": checks},
+                            status_code=200 if ok else 503)
+
+    # -------------------------------------------------------------- models
+
+    @api.get("/v1/models", tags=["models"])
+    async def list_models(self, authorization: str | None = Header(None)) -> dict:
+        """Every model with its versions and the latest version's facts."""
+        self.check_token(authorization)
+        out = []
+        for name in self.registry.names():
+            versions = self.registry.versions(name)
+            latest = self.registry.resolve(f"{name}:v{versions[-1]}")
+            out.append({"name": name, "versions": [f"v{v}" for v in versions], "latest": _summary(latest)})
+        return {"models": out}
+
+    @api.get("/v1/models/{name}", tags=["models"])
+    async def get_model(self, name: str, authorization: str | None = Header(None)) -> dict:
+        """All versions of one model: type, classes, image shape, training facts, metrics."""
+        self.check_token(authorization)
+        try:
+            self.registry.resolve(name)
+        except ValueError as e:
+            raise _classify(e) from None
+        versions = [_summary(self.registry.resolve(f"{name}:v{v}")) for v in self.registry.versions(name)]
+        return {"name": name, "versions": versions}
+
+    @api.get("/v1/stats", tags=["health"])
+    async def stats(self, authorization: str | None = Header(None)) -> dict:
+        """What one generator replica did (batch sizes, shards, loaded models) and queue counts."""
+        self.check_token(authorization)
+        return {"generator": await self.generator.stats.remote(), "queue": await self.queue.counts.remote()}
+
+    # -------------------------------------------------------------- samples
+
+    @api.post("/v1/samples", tags=["samples"])
+    async def samples(self, body: SamplesRequest, authorization: str | None = Header(None)) -> Response:
+        """Samples inline as json (base64 PNGs), npz (uint8 images + labels) or png (a grid, a row per class)."""
+        self.check_token(authorization)
+        try:
+            mv = self.registry.resolve(body.model)
+            classes = mv.info["classes"]
+            counts = parse_counts(body.per_class, body.counts, classes)
+        except ValueError as e:
+            raise _classify(e) from None
+        total = sum(counts)
+        if total > self.inline_cap:
+            raise ApiError(413, "too many samples for an inline request",
+                           f"{total} samples requested; the inline cap is {self.inline_cap}. "
+                           "Submit a job with POST /v1/jobs for larger requests.")
+        labels = np.repeat(np.arange(len(classes)), counts)
+        images = await self._call(self.generator.sample.remote(mv.ref, labels.tolist(), body.seed, body.temperature))
+        headers = {"X-Genaug-Model": mv.ref}
+        if body.format == "npz":
+            buf = io.BytesIO()
+            np.savez(buf, images=images, labels=labels.astype(np.int64), label_names=np.array(classes)[labels])
+            return Response(buf.getvalue(), media_type="application/octet-stream",
+                            headers={**headers, "Content-Disposition": 'attachment; filename="samples.npz"'})
+        if body.format == "png":
+            return Response(_grid_png(images, labels, len(classes)), media_type="image/png", headers=headers)
+        from jobs.shards import encode_pngs
+
+        pngs = encode_pngs(images)
+        return JSONResponse({
+            "model": mv.ref,
+            "count": int(total),
+            "samples": [{"label": int(y), "label_name": classes[int(y)], "png": base64.b64encode(p).decode()}
+                        for y, p in zip(labels, pngs)],
+        }, headers=headers)
+
+    # -------------------------------------------------------------- jobs
+
+    @api.post("/v1/jobs", status_code=202, tags=["jobs"])
+    async def submit_job(self, body: JobRequest, request: Request, authorization: str | None = Header(None),
+                         idempotency_key: str | None = Header(None, max_length=200)) -> JSONResponse:
+        """Queue a generation job; 202 with its id. ``Idempotency-Key`` makes retries return the same job."""
+        self.check_token(authorization)
+        req = body.model_dump(exclude_none=True)
+        job = await self._call(self.queue.submit.remote(req, idempotency_key))
+        return JSONResponse(_job_view(job, request), status_code=200 if job.get("existing") else 202)
+
+    @api.get("/v1/jobs", tags=["jobs"])
+    async def list_jobs(self, request: Request, status: str | None = Query(None),
+                        limit: int = Query(100, ge=1, le=1000), authorization: str | None = Header(None)) -> dict:
+        """Jobs, newest first; ``status`` filters (queued, running, succeeded, failed, cancelled)."""
+        self.check_token(authorization)
+        jobs = await self._call(self.queue.list.remote(status, limit))
+        return {"jobs": [_job_view(j, request) for j in jobs]}
+
+    @api.get("/v1/jobs/{job_id}", tags=["jobs"])
+    async def get_job(self, job_id: str, request: Request, authorization: str | None = Header(None)) -> dict:
+        """Status, progress, shards, output, error and timings of one job."""
+        self.check_token(authorization)
+        return _job_view(await self._call(self.queue.get.remote(job_id)), request)
+
+    @api.get("/v1/jobs/{job_id}/manifest", tags=["jobs"])
+    async def get_manifest(self, job_id: str, authorization: str | None = Header(None)) -> dict:
+        """The finished dataset's manifest.json (409 until the job has succeeded)."""
+        self.check_token(authorization)
+        job = await self._call(self.queue.get.remote(job_id))
+        if job["status"] != "succeeded":
+            raise ApiError(409, "conflict", f"job {job_id} is {job['status']}; the manifest exists once it succeeded")
+        return read_json(os.path.join(job["output"], "manifest.json"))
+
+    @api.delete("/v1/jobs/{job_id}", tags=["jobs"])
+    async def cancel_job(self, job_id: str, request: Request, authorization: str | None = Header(None)) -> dict:
+        """Cancel a queued or running job (it stops at the next shard boundary)."""
+        self.check_token(authorization)
+        return _job_view(await self._call(self.queue.cancel.remote(job_id)), request)
+
+
+async def _as_future(ref):
+    return await ref
+
+
+def _summary(mv) -> dict[str, Any]:
+    info = mv.info
+    keys = ("type", "dataset", "classes", "image_shape", "epochs", "final_losses", "images_per_s",
+            "train_time_s", "workers", "created_at", "checkpoint_sha256")
+    out = {"ref": mv.ref, "version": mv.version, **{k: info.get(k) for k in keys}}
+    eval_path = mv.path / "eval.json"
+    out["metrics"] = read_json(eval_path) if eval_path.is_file() else None
+    return out
+
+
+def _job_view(job: dict, request: Request) -> dict:
+    keep = ("id", "status", "priority", "total_rows", "total_shards", "rows_done", "shards_done", "progress",
+            "attempts", "error", "created_at", "started_at", "finished_at", "elapsed_s", "rows_per_s", "output",
+            "result", "spec")
+    view = {k: job.get(k) for k in keep}
+    view["status_url"] = str(request.url_for("get_job", job_id=job["id"]))
+    if job.get("existing"):
+        view["existing"] = True
+    return view
+
+
+def _grid_png(images: np.ndarray, labels: np.ndarray, num_classes: int) -> bytes:
+    """A grid with one row per class present (images upscaled to at least 32 px)."""
+    from PIL import Image
+
+    n, h, w, c = images.shape
+    scale = max(1, 32 // h)
+    rows = [images[labels == k] for k in range(num_classes) if (labels == k).any()]
+    cols = max(len(r) for r in rows)
+    grid = np.full((len(rows) * (h * scale + 2), cols * (w * scale + 2), c), 255, np.uint8)
+    for i, row in enumerate(rows):
+        for j, img in enumerate(row):
+            big = img.repeat(scale, 0).repeat(scale, 1)
+            y, x = i * (h * scale + 2) + 1, j * (w * scale + 2) + 1
+            grid[y:y + h * scale, x:x + w * scale] = big
+    pil = Image.fromarray(grid[..., 0] if c == 1 else grid)
+    buf = io.BytesIO()
+    pil.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def build_app(args: dict[str, Any] | None = None) -> serve.Application:
+    """Assemble the app. ``args``: home, min_replicas, max_replicas, gpu_per_replica, inline_cap,
+    max_running, max_in_flight, lease_s, max_total_rows. The API token comes from ``GENAUG_API_TOKEN``
+    (only its sha256 travels in the deployment's arguments)."""
+    args = dict(args or {})
+    home = str(resolve_home(args.get("home")))
+    token = args.get("api_token") or os.environ.get("GENAUG_API_TOKEN")
+    token_sha256 = hashlib.sha256(token.encode()).hexdigest() if token else None
+    gpu = float(args.get("gpu_per_replica", 0) or 0)
+    generator = serve.deployment(
+        Generator,
+        name="Generator",
+        ray_actor_options={"num_cpus": float(args.get("cpus_per_replica", 1)), "num_gpus": gpu},
+        max_ongoing_requests=int(args.get("max_ongoing_requests", 64)),
+        autoscaling_config={
+            "min_replicas": int(args.get("min_replicas", 1)),
+            "max_replicas": int(args.get("max_replicas", 2)),
+            "target_ongoing_requests": 2,
+            "upscale_delay_s": 5,
+            "downscale_delay_s": 120,
+        },
+        health_check_period_s=5,
+        graceful_shutdown_timeout_s=5,
+    ).bind(home, int(args.get("cache_size", 4)))
+    queue_options = {k: args[k] for k in ("max_running", "max_in_flight", "lease_s", "max_total_rows") if k in args}
+    return Ingress.bind(generator, home, token_sha256, int(args.get("inline_cap", DEFAULT_INLINE_CAP)),
+                        queue_options)
+
+
+def started_at() -> float:
+    return time.time()

@@ -1,0 +1,89 @@
+"""Bring the service up and down: Ray (local or ``RAY_ADDRESS``), Serve over HTTP, and the queue owner."""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+import socket
+import time
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+from cluster.serve_app import APP_NAME, build_app
+from jobs.storage import resolve_home
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost",):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def deploy(home: str | None = None, host: str = "127.0.0.1", port: int = 8000,
+           app_args: dict[str, Any] | None = None, timeout_s: float = 120.0) -> str:
+    """Start Serve's HTTP proxy on ``host:port`` and deploy the app (Ray must be up); return the URL."""
+    from ray import serve
+
+    serve.start(http_options={"host": host, "port": port})
+    serve.run(build_app({"home": str(resolve_home(home)), **(app_args or {})}), name=APP_NAME, route_prefix="/")
+    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    wait_ready(url, timeout_s)
+    return url
+
+
+def wait_ready(url: str, timeout_s: float = 120.0) -> None:
+    """Poll ``/readyz`` until the service is ready."""
+    deadline = time.monotonic() + timeout_s
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url + "/readyz", timeout=5) as r:
+                if r.status == 200:
+                    return
+        except Exception as e:  # not up yet
+            last = e
+        time.sleep(0.3)
+    raise TimeoutError(f"genaug at {url} was not ready after {timeout_s:.0f} s ({last})")
+
+
+def undeploy() -> None:
+    """Remove the app and the queue owner (jobs stay in SQLite and resume at the next start)."""
+    import ray
+    from ray import serve
+
+    from cluster.dispatcher import NAMESPACE, QUEUE_ACTOR
+
+    with contextlib.suppress(Exception):
+        serve.delete(APP_NAME)
+    with contextlib.suppress(Exception):
+        ray.kill(ray.get_actor(QUEUE_ACTOR, namespace=NAMESPACE))
+
+
+@contextlib.contextmanager
+def local_service(home: str | None = None, host: str = "127.0.0.1", port: int | None = None,
+                  app_args: dict[str, Any] | None = None) -> Iterator[str]:
+    """``with local_service(home) as url:`` - the embedded default, torn down on exit."""
+    from jobs.rayinit import ray_session
+
+    os.environ.setdefault("RAY_SERVE_LOG_TO_STDERR", "0")
+    with ray_session():
+        url = deploy(home, host, port or free_port(host), app_args)
+        try:
+            yield url
+        finally:
+            undeploy()
+            from ray import serve
+
+            with contextlib.suppress(Exception):
+                serve.shutdown()

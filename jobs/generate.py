@@ -1,0 +1,401 @@
+"""Generation jobs: validate a request, generate shard k deterministically, and run a whole job.
+
+A job asks a registered model version for exact counts per class. Rows are planned into shards of
+``shard_rows`` (``jobs.shards.plan_shards``); the rows of shard k depend only on (model version, job
+seed, k), so a shard regenerated after a crash has the same bytes and a retried job never duplicates
+or drops a row.
+
+Launch (a standalone batch job on any Ray cluster, without the service)::
+
+    genaug generate --model digits-cgan --per-class 5000 --wait
+    ray job submit --working-dir . -- python -m jobs.generate --model digits-cgan --per-class 5000
+
+``python -m jobs.generate`` runs the shards as Ray tasks and skips shards already committed by an
+earlier, interrupted run of the same ``--job-id``. ``genaug generate`` goes through the durable queue
+and the Serve generator deployment instead (see ``cluster/``); both write the same bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from jobs import shards
+from jobs.registry import ModelVersion, Registry
+from jobs.storage import confine, resolve_home
+
+MAX_TOTAL_ROWS = 10_000_000
+MAX_SHARDS = 100_000
+SHARD_ROWS_RANGE = (1, 1_000_000)
+DEFAULT_SHARD_ROWS = 10_000
+TEMPERATURE_RANGE = (0.0, 5.0)
+GEN_CHUNK = 2048  # rows per forward pass; fixed so that results never depend on the caller
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """A validated generation request: everything needed to produce the dataset, JSON-serialisable."""
+
+    model: str  # resolved "name:vK"
+    classes: tuple[str, ...]  # the model's class names
+    counts: tuple[int, ...]  # rows per class index (0 allowed for classes not asked for)
+    seed: int  # job seed; shard k's seed derives from (seed, k)
+    shard_rows: int  # rows per shard (the last may be shorter)
+    output: str  # absolute output directory
+    temperature: float = 1.0  # noise scale (1 = the trained distribution)
+    priority: int = 0  # higher runs first
+    filter: str | None = None  # reserved for quality filtering ("label")
+
+    @property
+    def total_rows(self) -> int:
+        return int(sum(self.counts))
+
+    @property
+    def num_shards(self) -> int:
+        return shards.plan_shards(self.counts, self.shard_rows)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.update(classes=list(self.classes), counts=list(self.counts))
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> JobSpec:
+        fields = {f.name for f in dataclasses.fields(cls)}
+        d = {k: v for k, v in d.items() if k in fields}
+        return cls(**{**d, "classes": tuple(d["classes"]), "counts": tuple(d["counts"])})
+
+
+def parse_counts(per_class: int | None, counts: Mapping[str, Any] | str | None,
+                 classes: Sequence[str]) -> tuple[int, ...]:
+    """Rows per class index from ``per_class`` (all classes) or a map keyed by class index or name.
+
+    ``counts`` may be a dict (``{"0": 500, "seven": 2000}``) or the CLI form ``"0=500,7=2000"``.
+    """
+    valid = f"0..{len(classes) - 1} or " + ", ".join(classes[:12]) + (", ..." if len(classes) > 12 else "")
+    if (per_class is None) == (counts is None):
+        raise ValueError("give exactly one of per_class (rows for every class) or counts (a map class -> rows)")
+    if per_class is not None:
+        n = _positive_int(per_class, "per_class")
+        return tuple([n] * len(classes))
+    if isinstance(counts, str):
+        pairs = {}
+        for item in filter(None, (p.strip() for p in counts.split(","))):
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise ValueError(f"bad counts item {item!r}; valid form: CLASS=N[,CLASS=N...] e.g. 0=500,7=2000")
+            pairs[key.strip()] = value.strip()
+        counts = pairs
+    if not isinstance(counts, Mapping) or not counts:
+        raise ValueError("counts must be a non-empty map class -> rows, e.g. {\"0\": 500, \"7\": 2000}")
+    out = [0] * len(classes)
+    for key, value in counts.items():
+        idx = class_index(key, classes)
+        if out[idx]:
+            raise ValueError(f"class {key!r} is given twice in counts; valid: each class once ({valid})")
+        out[idx] = _positive_int(value, f"count for class {key!r}")
+    return tuple(out)
+
+
+def class_index(key: Any, classes: Sequence[str]) -> int:
+    """A class given by index (int or digit string) or by name -> its index."""
+    valid = f"0..{len(classes) - 1} or " + ", ".join(classes[:12]) + (", ..." if len(classes) > 12 else "")
+    if isinstance(key, str) and key in classes:
+        return list(classes).index(key)
+    if isinstance(key, bool):
+        raise ValueError(f"unknown class {key!r}; valid: {valid}")
+    try:
+        idx = int(key)
+    except (TypeError, ValueError):
+        raise ValueError(f"unknown class {key!r}; valid: {valid}") from None
+    if str(idx) != str(key).strip() and not isinstance(key, int):
+        raise ValueError(f"unknown class {key!r}; valid: {valid}")
+    if not 0 <= idx < len(classes):
+        raise ValueError(f"unknown class {key!r}; valid: {valid}")
+    return idx
+
+
+def _positive_int(value: Any, what: str) -> int:
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be a positive integer, got {value!r}") from None
+    if isinstance(value, bool) or isinstance(value, float) and value != n or n < 1:
+        raise ValueError(f"{what} must be a positive integer, got {value!r}")
+    return n
+
+
+def validate_request(req: Mapping[str, Any], home: str | os.PathLike | None = None, *, job_id: str,
+                     max_total_rows: int = MAX_TOTAL_ROWS, allow_existing: bool = False) -> JobSpec:
+    """Check a generation request before anything is written; raise ``ValueError`` naming the bad value.
+
+    Keys: ``model`` (``NAME[:VERSION]``), ``per_class`` or ``counts``, ``seed``, ``out``/``output``,
+    ``shard_rows``, ``temperature``, ``priority``, ``filter``.
+    """
+    home = resolve_home(home)
+    known = {"model", "per_class", "counts", "seed", "out", "output", "shard_rows", "temperature",
+             "priority", "filter", "idempotency_key"}
+    unknown = sorted(set(req) - known)
+    if unknown:
+        raise ValueError(f"unknown request field(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
+    mv = Registry(home).resolve(str(req.get("model") or ""))
+    classes = tuple(mv.info["classes"])
+    counts = parse_counts(req.get("per_class"), req.get("counts"), classes)
+    total = sum(counts)
+    if total > max_total_rows:
+        raise ValueError(f"total rows {total:,} is above the maximum {max_total_rows:,}; split the request")
+    shard_rows = req.get("shard_rows")
+    shard_rows = DEFAULT_SHARD_ROWS if shard_rows is None else _positive_int(shard_rows, "shard_rows")
+    lo, hi = SHARD_ROWS_RANGE
+    if not lo <= shard_rows <= hi:
+        raise ValueError(f"shard_rows {shard_rows} is out of range; valid: {lo}..{hi}")
+    n_shards = shards.plan_shards(counts, shard_rows)
+    if n_shards > MAX_SHARDS:
+        raise ValueError(f"{n_shards:,} shards is above the maximum {MAX_SHARDS:,}; raise shard_rows")
+    seed = req.get("seed", 0)
+    if seed is None:
+        seed = 0
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise ValueError(f"seed must be an integer in 0..2**63-1, got {seed!r}")
+    temperature = req.get("temperature", 1.0)
+    if temperature is None:
+        temperature = 1.0
+    if isinstance(temperature, bool) or not isinstance(temperature, int | float) or not (
+            TEMPERATURE_RANGE[0] <= temperature <= TEMPERATURE_RANGE[1]):
+        raise ValueError(f"temperature must be a number in {TEMPERATURE_RANGE[0]}..{TEMPERATURE_RANGE[1]}, "
+                         f"got {temperature!r}")
+    priority = req.get("priority", 0) or 0
+    if isinstance(priority, bool) or not isinstance(priority, int) or not -1000 <= priority <= 1000:
+        raise ValueError(f"priority must be an integer in -1000..1000, got {priority!r}")
+    filt = req.get("filter")
+    if filt not in (None, "label"):
+        raise ValueError(f"unknown filter {filt!r}; valid: none or 'label'")
+    out = req.get("out") or req.get("output") or f"datasets/{job_id}"
+    output = confine(home, out)
+    if output.exists() and (not output.is_dir() or (any(output.iterdir()) and not allow_existing)):
+        raise ValueError(f"output {str(out)!r} already exists and is not empty; choose a new path")
+    return JobSpec(model=mv.ref, classes=classes, counts=counts, seed=seed, shard_rows=shard_rows,
+                   output=str(output), temperature=float(temperature), priority=priority, filter=filt)
+
+
+def new_job_id() -> str:
+    """A fresh job id: ``j-`` + 12 hex digits."""
+    return "j-" + uuid.uuid4().hex[:12]
+
+
+# ----------------------------------------------------------------------------- one shard
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """What a generator needs to produce shard ``shard`` of a job (JSON-serialisable)."""
+
+    job_id: str
+    model: str  # "name:vK"
+    shard: int
+    num_shards: int
+    class_counts: tuple[int, ...]
+    seed: int  # this shard's seed
+    temperature: float
+    output: str
+    classes: tuple[str, ...]
+
+    @classmethod
+    def of(cls, spec: JobSpec, job_id: str, shard: int) -> ShardTask:
+        return cls(job_id=job_id, model=spec.model, shard=shard, num_shards=spec.num_shards,
+                   class_counts=tuple(int(c) for c in shards.shard_class_counts(spec.counts, spec.shard_rows, shard)),
+                   seed=shards.shard_seed(spec.seed, shard), temperature=spec.temperature, output=spec.output,
+                   classes=spec.classes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "class_counts": list(self.class_counts), "classes": list(self.classes)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ShardTask:
+        return cls(**{**d, "class_counts": tuple(d["class_counts"]), "classes": tuple(d["classes"])})
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(N, C, H, W) floats in [-1, 1] -> (N, H, W, C) uint8."""
+    x = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # (N, C, H, W)
+    return x.permute(0, 2, 3, 1).cpu().numpy()  # (N, H, W, C)
+
+
+def draw_noise(n: int, dim: int, seed: int, chunk: int = GEN_CHUNK) -> torch.Tensor:
+    """(n, dim) standard normal noise from a CPU generator seeded with ``seed``, drawn ``chunk`` rows at a time."""
+    g = torch.Generator().manual_seed(int(seed))
+    parts = [torch.randn(min(chunk, n - i), dim, generator=g) for i in range(0, n, chunk)]
+    return torch.cat(parts) if parts else torch.zeros(0, dim)  # (n, dim)
+
+
+@torch.no_grad()
+def generate_many_uint8(model: torch.nn.Module, labels: Sequence[np.ndarray], seeds: Sequence[int],
+                        temperature: float = 1.0, chunk: int = GEN_CHUNK) -> list[np.ndarray]:
+    """Samples for several requests at once, as uint8 (N_i, H, W, C) each.
+
+    Request i's noise comes only from ``seeds[i]``, so its pixels do not depend on what it was batched
+    with; the forward passes run over the concatenation, ``chunk`` rows at a time.
+    """
+    device = next(model.parameters()).device
+    y = torch.as_tensor(np.concatenate([np.asarray(lb, np.int64) for lb in labels]))  # (N,)
+    noise = torch.cat([draw_noise(len(lb), model.noise_dim, s, chunk) for lb, s in zip(labels, seeds)])
+    out = []
+    for start in range(0, len(y), chunk):
+        imgs = model.sample(y[start:start + chunk].to(device), temperature=temperature,
+                            noise=noise[start:start + chunk].to(device))  # (n, C, H, W)
+        out.append(to_uint8(imgs))
+    images = np.concatenate(out) if out else np.zeros((0, 1, 1, 1), np.uint8)  # (N, H, W, C)
+    return np.split(images, np.cumsum([len(lb) for lb in labels])[:-1])
+
+
+def generate_uint8(model: torch.nn.Module, labels: np.ndarray, seed: int, temperature: float = 1.0) -> np.ndarray:
+    """Samples for ``labels`` as uint8 (N, H, W, C); the same (labels, seed) always give the same pixels."""
+    return generate_many_uint8(model, [labels], [seed], temperature)[0]
+
+
+def run_shard(model: torch.nn.Module, task: ShardTask, *, filesystem=None) -> dict[str, Any]:
+    """Generate and commit one shard (temp name, then rename); return its manifest entry."""
+    labels = shards.shard_labels(np.asarray(task.class_counts), task.seed)
+    images = generate_uint8(model, labels, task.seed, task.temperature)
+    pngs = shards.encode_pngs(images)
+    return shards.write_shard(task.output, task.shard, task.num_shards, pngs, labels, task.classes,
+                              task.model, task.seed, filesystem=filesystem)
+
+
+def lineage(mv: ModelVersion) -> dict[str, Any]:
+    """What made a dataset: the model version, its checkpoint hash and its training data."""
+    info = mv.info
+    return {
+        "model": mv.ref,
+        "name": mv.name,
+        "version": mv.version,
+        "type": info.get("type"),
+        "checkpoint_sha256": info.get("checkpoint_sha256"),
+        "training_data": info.get("data"),
+        "model_path": str(mv.path),
+    }
+
+
+# ----------------------------------------------------------------------------- standalone Ray job
+
+
+def run_job_with_ray_tasks(spec: JobSpec, job_id: str, home: str | os.PathLike | None = None,
+                           max_in_flight: int | None = None, progress=print) -> dict[str, Any]:
+    """Generate every missing shard of ``spec`` with Ray tasks, then finalise; return the manifest."""
+    import ray
+
+    home = resolve_home(home)
+    mv = Registry(home).resolve(spec.model)
+    shards.cleanup_temp(spec.output)
+    done = {int(e["shard"]): e for e in _existing_shards(spec)}
+    todo = [k for k in range(spec.num_shards) if k not in done]
+    remote = ray.remote(num_cpus=1, max_retries=3)(_shard_task)
+    max_in_flight = max_in_flight or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    started, pending = time.perf_counter(), {}
+    while todo or pending:
+        while todo and len(pending) < max_in_flight:
+            k = todo.pop(0)
+            pending[remote.remote(str(home), ShardTask.of(spec, job_id, k).to_dict())] = k
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        for ref in ready:
+            pending.pop(ref)
+            info = ray.get(ref)
+            done[int(info["shard"])] = info
+            progress(f"shard {info['shard'] + 1}/{spec.num_shards} committed ({len(done)}/{spec.num_shards})")
+    return shards.finalize_dataset(spec.output, {"job_id": job_id, **spec.to_dict()}, lineage(mv),
+                                   [done[k] for k in sorted(done)], spec.classes,
+                                   duration_s=time.perf_counter() - started)
+
+
+def _existing_shards(spec: JobSpec) -> list[dict[str, Any]]:
+    """Committed shard files of an interrupted run (final names only), re-described from disk."""
+    import pyarrow.parquet as pq
+
+    found = []
+    data = Path(spec.output) / "data"
+    for k in range(spec.num_shards):
+        path = data / shards.shard_name(k, spec.num_shards)
+        if path.is_file():
+            try:
+                pq.read_metadata(path)
+            except Exception:
+                path.unlink()
+                continue
+            found.append(shards.describe_shard(spec.output, k, spec.num_shards))
+    return found
+
+
+def _shard_task(home: str, task: dict) -> dict[str, Any]:
+    from models.checkpoint import load_checkpoint
+
+    t = ShardTask.from_dict(task)
+    model = load_checkpoint(Registry(home).resolve(t.model).path).model
+    return run_shard(model, t)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m jobs.generate --model NAME[:VER] (--per-class N | --counts 0=500,7=2000) ...``"""
+    from jobs.rayinit import ray_session
+
+    p = argparse.ArgumentParser(prog="python -m jobs.generate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--home", default=None, help="storage root (default $GENAUG_HOME or ./genaug-data)")
+    p.add_argument("--job-id", default=None, help="job id; rerun with the same id to resume (default: new)")
+    add_request_arguments(p)
+    args = p.parse_args(argv)
+    try:
+        job_id = args.job_id or new_job_id()
+        req = request_from_args(args)
+        spec = validate_request(req, args.home, job_id=job_id, allow_existing=bool(args.job_id))
+        print(f"job {job_id}: {spec.total_rows:,} rows in {spec.num_shards} shards -> {spec.output}")
+        with ray_session():
+            manifest = run_job_with_ray_tasks(spec, job_id, args.home)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"done: {manifest['totals']['rows']:,} rows, per class {manifest['totals']['per_class']}")
+    print(f"output: {spec.output}")
+    return 0
+
+
+def add_request_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags shared by ``genaug generate`` and ``python -m jobs.generate``."""
+    p.add_argument("--model", required=True, help="NAME[:VERSION] of a registered model (latest if no version)")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--per-class", type=int, help="rows for every class")
+    g.add_argument("--counts", help="rows per class: CLASS=N[,CLASS=N...] by index or name, e.g. 0=500,7=2000")
+    p.add_argument("--out", default=None, help="output directory under the storage root (default datasets/<job-id>)")
+    p.add_argument("--shard-rows", type=int, default=None,
+                   help=f"rows per shard, {SHARD_ROWS_RANGE[0]}..{SHARD_ROWS_RANGE[1]} (default {DEFAULT_SHARD_ROWS})")
+    p.add_argument("--seed", type=int, default=0, help="job seed (default 0); same seed, same bytes")
+    p.add_argument("--temperature", type=float, default=None, help="noise scale, default 1.0")
+    p.add_argument("--priority", type=int, default=None, help="higher runs first (default 0)")
+
+
+def request_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The request dict (as the HTTP API takes it) from parsed flags."""
+    req: dict[str, Any] = {"model": args.model, "seed": args.seed}
+    if args.per_class is not None:
+        req["per_class"] = args.per_class
+    else:
+        req["counts"] = args.counts
+    for flag, key in (("out", "out"), ("shard_rows", "shard_rows"), ("temperature", "temperature"),
+                      ("priority", "priority")):
+        if getattr(args, flag) is not None:
+            req[key] = getattr(args, flag)
+    return req
+
+
+if __name__ == "__main__":
+    sys.exit(main())
