@@ -212,7 +212,7 @@ def _remove_unrecorded(spec: JobSpec, recorded: set) -> None:
     """After a cancel: delete shard files the queue did not record, and any temporary file."""
     shards.cleanup_temp(spec.output)
     data = Path(spec.output) / "data"
-    keep = {shards.shard_name(int(k), spec.num_shards) for k in recorded}
+    keep = {Path(shards.shard_path(int(k), spec.num_shards)).name for k in recorded}
     if data.is_dir():
         for p in data.iterdir():
             if p.name not in keep:

@@ -74,8 +74,18 @@ LEGAL_FROM: dict[str, tuple[JobStatus, ...]] = {
 }
 
 
+def _rebuild_exception(cls: type, args: tuple, state: dict) -> Exception:
+    e = Exception.__new__(cls)
+    Exception.__init__(e, *args)
+    e.__dict__.update(state)
+    return e
+
+
 class InvalidTransition(Exception):
     """A transition was asked of a job whose status is not one of its legal source states."""
+
+    def __reduce__(self):  # picklable across Ray processes despite the richer constructor
+        return _rebuild_exception, (type(self), self.args, self.__dict__)
 
     def __init__(
         self, transition: str, job_id: str, status: str, legal: tuple[JobStatus, ...], detail: str = ""
@@ -234,6 +244,7 @@ class JobStore:
             raise
 
     def _open(self) -> None:
+        """Connect, switch to WAL, create the schema on first use, check the version and writability."""
         readonly = self.readonly
         with self._guard("open"):
             if readonly:
@@ -533,7 +544,7 @@ class JobStore:
             row = cur.execute(
                 "SELECT id, status, lease_owner, attempts FROM jobs"
                 " WHERE status = 'queued' OR (status = 'running' AND lease_expires_at <= ?)"
-                " ORDER BY priority DESC, created_at ASC LIMIT 1",
+                " ORDER BY priority DESC, seq ASC LIMIT 1",
                 (now,),
             ).fetchone()
             if row is None:
@@ -708,15 +719,15 @@ class JobStore:
             return [self._record(r) for r in rows]
 
     def committed_shards(self, job_id: str) -> dict[int, dict]:
-        """shard index -> its info dict (plus ``rows`` and ``committed_at``), for committed shards only."""
+        """shard index -> the info dict it was committed with (``rows`` set to the committed count)."""
         with self._read("committed_shards") as cur:
             if cur.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone() is None:
                 raise JobNotFound(job_id)
             rows = cur.execute(
-                "SELECT shard, rows, info, committed_at FROM shards WHERE job_id = ? ORDER BY shard",
+                "SELECT shard, rows, info FROM shards WHERE job_id = ? ORDER BY shard",
                 (job_id,),
             ).fetchall()
-            return {s: {**json.loads(info), "rows": n, "committed_at": ts} for s, n, info, ts in rows}
+            return {s: {**json.loads(info), "rows": n} for s, n, info in rows}
 
     def events(self, job_id: str) -> list[dict]:
         """The job's event log, oldest first: ts, transition, from_status, to_status, reason."""

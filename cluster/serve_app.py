@@ -8,14 +8,13 @@
 ``serve deploy`` brings up the whole service. API reference: README.md and ``/docs``.
 """
 
-from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
 import io
 import os
-import time
 from typing import Any, Literal
 
 import numpy as np
@@ -119,6 +118,47 @@ async def _http_error(_: Request, e: StarletteHTTPException) -> JSONResponse:
     return _error(e.status_code, "not found" if e.status_code == 404 else "http error", e.detail)
 
 
+def _summary(mv) -> dict[str, Any]:
+    info = mv.info
+    keys = ("type", "dataset", "classes", "image_shape", "epochs", "final_losses", "images_per_s",
+            "train_time_s", "workers", "created_at", "checkpoint_sha256")
+    out = {"ref": mv.ref, "version": mv.version, **{k: info.get(k) for k in keys}}
+    eval_path = mv.path / "eval.json"
+    out["metrics"] = read_json(eval_path) if eval_path.is_file() else None
+    return out
+
+
+def _job_view(job: dict, request: Request) -> dict:
+    keep = ("id", "status", "priority", "total_rows", "total_shards", "rows_done", "shards_done", "progress",
+            "attempts", "error", "created_at", "started_at", "finished_at", "elapsed_s", "rows_per_s", "output",
+            "result", "spec")
+    view = {k: job.get(k) for k in keep}
+    view["status_url"] = str(request.url_for("get_job", job_id=job["id"]))
+    if job.get("existing"):
+        view["existing"] = True
+    return view
+
+
+def _grid_png(images: np.ndarray, labels: np.ndarray, num_classes: int) -> bytes:
+    """A grid with one row per class present (images upscaled to at least 32 px)."""
+    from PIL import Image
+
+    n, h, w, c = images.shape
+    scale = max(1, 32 // h)
+    rows = [images[labels == k] for k in range(num_classes) if (labels == k).any()]
+    cols = max(len(r) for r in rows)
+    grid = np.full((len(rows) * (h * scale + 2), cols * (w * scale + 2), c), 255, np.uint8)
+    for i, row in enumerate(rows):
+        for j, img in enumerate(row):
+            big = img.repeat(scale, 0).repeat(scale, 1)
+            y, x = i * (h * scale + 2) + 1, j * (w * scale + 2) + 1
+            grid[y:y + h * scale, x:x + w * scale] = big
+    pil = Image.fromarray(grid[..., 0] if c == 1 else grid)
+    buf = io.BytesIO()
+    pil.save(buf, format="PNG")
+    return buf.getvalue()
+
+
 @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=256)
 @serve.ingress(api)
 class Ingress:
@@ -170,9 +210,7 @@ class Ingress:
         for name, call in (("queue", lambda: self.queue.counts.remote()),
                            ("generator", lambda: self.generator.stats.remote())):
             try:
-                import asyncio
-
-                await asyncio.wait_for(_as_future(call()), timeout=5)
+                await asyncio.wait_for(call(), timeout=5)
                 checks[name] = {"ok": True}
             except Exception as e:
                 checks[name] = {"ok": False, "error": f"{type(e).__name__}: {e}"}
@@ -288,51 +326,6 @@ class Ingress:
         return _job_view(await self._call(self.queue.cancel.remote(job_id)), request)
 
 
-async def _as_future(ref):
-    return await ref
-
-
-def _summary(mv) -> dict[str, Any]:
-    info = mv.info
-    keys = ("type", "dataset", "classes", "image_shape", "epochs", "final_losses", "images_per_s",
-            "train_time_s", "workers", "created_at", "checkpoint_sha256")
-    out = {"ref": mv.ref, "version": mv.version, **{k: info.get(k) for k in keys}}
-    eval_path = mv.path / "eval.json"
-    out["metrics"] = read_json(eval_path) if eval_path.is_file() else None
-    return out
-
-
-def _job_view(job: dict, request: Request) -> dict:
-    keep = ("id", "status", "priority", "total_rows", "total_shards", "rows_done", "shards_done", "progress",
-            "attempts", "error", "created_at", "started_at", "finished_at", "elapsed_s", "rows_per_s", "output",
-            "result", "spec")
-    view = {k: job.get(k) for k in keep}
-    view["status_url"] = str(request.url_for("get_job", job_id=job["id"]))
-    if job.get("existing"):
-        view["existing"] = True
-    return view
-
-
-def _grid_png(images: np.ndarray, labels: np.ndarray, num_classes: int) -> bytes:
-    """A grid with one row per class present (images upscaled to at least 32 px)."""
-    from PIL import Image
-
-    n, h, w, c = images.shape
-    scale = max(1, 32 // h)
-    rows = [images[labels == k] for k in range(num_classes) if (labels == k).any()]
-    cols = max(len(r) for r in rows)
-    grid = np.full((len(rows) * (h * scale + 2), cols * (w * scale + 2), c), 255, np.uint8)
-    for i, row in enumerate(rows):
-        for j, img in enumerate(row):
-            big = img.repeat(scale, 0).repeat(scale, 1)
-            y, x = i * (h * scale + 2) + 1, j * (w * scale + 2) + 1
-            grid[y:y + h * scale, x:x + w * scale] = big
-    pil = Image.fromarray(grid[..., 0] if c == 1 else grid)
-    buf = io.BytesIO()
-    pil.save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def build_app(args: dict[str, Any] | None = None) -> serve.Application:
     """Assemble the app. ``args``: home, min_replicas, max_replicas, gpu_per_replica, inline_cap,
     max_running, max_in_flight, lease_s, max_total_rows. The API token comes from ``GENAUG_API_TOKEN``
@@ -360,7 +353,3 @@ def build_app(args: dict[str, Any] | None = None) -> serve.Application:
     queue_options = {k: args[k] for k in ("max_running", "max_in_flight", "lease_s", "max_total_rows") if k in args}
     return Ingress.bind(generator, home, token_sha256, int(args.get("inline_cap", DEFAULT_INLINE_CAP)),
                         queue_options)
-
-
-def started_at() -> float:
-    return time.time()

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from jobs import shards
+from jobs.data import denormalize_uint8
 from jobs.registry import ModelVersion, Registry
 from jobs.storage import confine, resolve_home
 
@@ -226,12 +227,6 @@ class ShardTask:
         return cls(**{**d, "class_counts": tuple(d["class_counts"]), "classes": tuple(d["classes"])})
 
 
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """(N, C, H, W) floats in [-1, 1] -> (N, H, W, C) uint8."""
-    x = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # (N, C, H, W)
-    return x.permute(0, 2, 3, 1).cpu().numpy()  # (N, H, W, C)
-
-
 def draw_noise(n: int, dim: int, seed: int, chunk: int = GEN_CHUNK) -> torch.Tensor:
     """(n, dim) standard normal noise from a CPU generator seeded with ``seed``, drawn ``chunk`` rows at a time."""
     g = torch.Generator().manual_seed(int(seed))
@@ -254,7 +249,7 @@ def generate_many_uint8(model: torch.nn.Module, labels: Sequence[np.ndarray], se
     for start in range(0, len(y), chunk):
         imgs = model.sample(y[start:start + chunk].to(device), temperature=temperature,
                             noise=noise[start:start + chunk].to(device))  # (n, C, H, W)
-        out.append(to_uint8(imgs))
+        out.append(denormalize_uint8(imgs))
     images = np.concatenate(out) if out else np.zeros((0, 1, 1, 1), np.uint8)  # (N, H, W, C)
     return np.split(images, np.cumsum([len(lb) for lb in labels])[:-1])
 
@@ -323,9 +318,8 @@ def _existing_shards(spec: JobSpec) -> list[dict[str, Any]]:
     import pyarrow.parquet as pq
 
     found = []
-    data = Path(spec.output) / "data"
     for k in range(spec.num_shards):
-        path = data / shards.shard_name(k, spec.num_shards)
+        path = Path(spec.output) / shards.shard_path(k, spec.num_shards)
         if path.is_file():
             try:
                 pq.read_metadata(path)

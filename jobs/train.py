@@ -56,7 +56,7 @@ class TrainSettings:
     epochs: int = 0  # 0: the model's default
     batch_size: int = 0  # global batch (split over workers); 0: the model's default
     lr: float = 0.0  # 0: the model's default
-    workers: int = 2  # Ray Train workers (DDP world size); 0 runs in-process (tests)
+    workers: int = 2  # Ray Train workers (DDP world size)
     gpu: bool = False  # one GPU per worker, NCCL, bf16 autocast
     seed: int = 0  # weights init, data order and noise all derive from it
     image_size: int | None = None  # resize the dataset to this size
@@ -77,9 +77,9 @@ class TrainSettings:
                 object.__setattr__(self, key, defaults[key])
         if self.epochs < 1:
             raise ValueError(f"--epochs must be >= 1, got {self.epochs}")
-        if self.workers < 0:
-            raise ValueError(f"--workers must be >= 0, got {self.workers}")
-        world = max(self.workers, 1)
+        if self.workers < 1:
+            raise ValueError(f"--workers must be >= 1, got {self.workers}")
+        world = self.workers
         if self.batch_size < world or self.batch_size % world:
             raise ValueError(
                 f"--batch-size {self.batch_size} must be a positive multiple of --workers {world} "
@@ -206,7 +206,7 @@ def train_loop_per_worker(config: dict) -> dict:
             else:
                 parts = _gan_step(model, G, D, optimizers, x, y, noise, s, epoch, step, rank, world, autocast)
             for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
             seen += x.shape[0]
         if s.model == "cgan":
             average_buffers(model.generator)
@@ -311,7 +311,6 @@ def train(settings: TrainSettings, home: str | os.PathLike | None = None, *, res
     if resume:
         settings, run_id = _resume_settings(runs, settings)
     else:
-        load_dataset(settings.dataset, "train", settings.image_size)  # fail fast on bad data, before Ray Train
         run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
         write_json_atomic(runs / run_id / RUN_JSON, settings.to_dict())
         write_json_atomic(runs / "latest.json", {"run_id": run_id})
@@ -498,8 +497,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from jobs.rayinit import ray_session
 
     settings = settings_from_args(args)
-    if settings.model_config:
-        build_model(settings.model, {"image_size": 8, "channels": 1, "num_classes": 2, **settings.model_config})
+    if not args.resume:  # fail fast on bad data or model settings, before Ray starts
+        ds = load_dataset(settings.dataset, "train", settings.image_size)
+        build_model(settings.model, _model_config(settings, ds))
     with ray_session():
         info = train(settings, getattr(args, "home", None), resume=args.resume, max_failures=args.max_failures)
     print(f"registered {info['ref']}  ({info['type']}, {info['epochs']} epochs, {info['train_time_s']:.0f} s, "
