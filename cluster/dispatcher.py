@@ -18,6 +18,7 @@ when they run on other nodes. The actor:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -58,13 +59,19 @@ class QueueOwner:
         self._tasks: dict[str, asyncio.Task] = {}
         self._loop_task: asyncio.Task | None = None
         self.started_at = time.time()
+        with contextlib.suppress(RuntimeError):  # async actors may already run their event loop here
+            self._ensure_loop()
+
+    def _ensure_loop(self) -> None:
+        """Start the dispatch loop unless it runs (every API call checks: a restarted actor resumes)."""
+        if self._loop_task is None or self._loop_task.done():
+            self._loop_task = asyncio.get_running_loop().create_task(self._dispatch_loop())
 
     # -------------------------------------------------------------- API (called through Ray)
 
     async def ready(self) -> dict:
         """Start the dispatch loop (idempotent) and report the owner's identity."""
-        if self._loop_task is None or self._loop_task.done():
-            self._loop_task = asyncio.get_running_loop().create_task(self._dispatch_loop())
+        self._ensure_loop()
         return {"owner": self.owner, "pid": os.getpid(), "requeued": self.requeued, "home": str(self.home)}
 
     async def submit(self, request: dict, idempotency_key: str | None = None) -> dict:
@@ -82,26 +89,33 @@ class QueueOwner:
                                  total_shards=spec.num_shards, output=spec.output)
 
     async def get(self, job_id: str) -> dict:
+        self._ensure_loop()
         return self.store.get(job_id)
 
     async def list(self, status: str | None = None, limit: int = 100) -> list[dict]:
+        self._ensure_loop()
         return self.store.list(status=status, limit=limit)
 
     async def events(self, job_id: str) -> list[dict]:
+        self._ensure_loop()
         return self.store.events(job_id)
 
     async def shards(self, job_id: str) -> dict:
+        self._ensure_loop()
         return self.store.committed_shards(job_id)
 
     async def cancel(self, job_id: str, reason: str = "cancelled by user") -> dict:
         """Cancel now; a running job stops at its next shard boundary and removes unrecorded shards."""
+        self._ensure_loop()
         return self.store.cancel(job_id, reason=reason)
 
     async def counts(self) -> dict:
+        self._ensure_loop()
         return self.store.counts()
 
     async def wait(self, job_id: str, timeout_s: float = 30.0) -> dict:
         """Return the job once it is terminal or ``timeout_s`` passed (long-poll)."""
+        self._ensure_loop()
         deadline = time.monotonic() + timeout_s
         while True:
             job = self.store.get(job_id)
@@ -112,6 +126,7 @@ class QueueOwner:
             await asyncio.sleep(0.2)
 
     async def info(self) -> dict:
+        self._ensure_loop()
         return {"owner": self.owner, "pid": os.getpid(), "running": sorted(self._tasks),
                 "started_at": self.started_at, "requeued_at_start": self.requeued}
 

@@ -5,11 +5,11 @@
 - Discriminator: spectral norm on every linear/conv/embedding (Miyato et al. 2018), LeakyReLU(0.2), no
   BatchNorm, projection head ``out = linear(h) + sum(embed(y) * h)`` (Miyato & Koyama 2018).
 - Losses (module-level, accept DDP-wrapped G and D): hinge loss for D, ``-D(G(z)).mean()`` for G.
-- DiffAugment (Zhao et al. 2020): when ``augment`` is on, the same kind of random, differentiable
-  augmentation is applied to every discriminator input, real and fake, so D cannot tell them apart by
-  the augmentation and G still learns the un-augmented distribution. conv: translation by up to 1/8 of
-  the side + a cutout square of half the side; mlp: translation by up to 1/8 of the side only (one
-  pixel at 8x8), since cutout erases too much of a small flattened digit.
+- DiffAugment (Zhao et al. 2020), off by default (``diffaug``): when ``augment`` is on, the same kind
+  of random, differentiable augmentation is applied to every discriminator input, real and fake, so D
+  cannot tell them apart by the augmentation and G still learns the un-augmented distribution.
+  conv: translation by up to 1/8 of the side + a cutout square of half the side; mlp: translation by
+  up to 1/8 of the side only (one pixel at 8x8), since cutout erases too much of a small digit.
 - ``generator_ema``: an exponential moving average of G's weights, always in eval mode, used by
   ``sample`` (Yazici et al. 2019: EMA generators give better samples).
 """
@@ -56,7 +56,9 @@ class CGANConfig:
     d_hidden: int = 256  # discriminator MLP width / size of the projected feature h
     arch: str = "auto"  # "mlp" | "conv" | "auto" (mlp for sides <= 16, conv above)
     ema_decay: float = 0.999  # EMA of generator weights (warmed up: min(decay, (1+n)/(10+n)))
-    diffaug: bool = True  # default for the losses' `augment`: DiffAugment on real and fake D inputs
+    # Default of the losses' `augment` (DiffAugment on real and fake D inputs). Off: on 8x8 digits
+    # (mlp) it lowered the CAS ratio from 0.98 to 0.91 (898 images) and 0.87 to 0.73 (10 per class).
+    diffaug: bool = False
     depth: int = 2  # hidden layers in the MLP generator and discriminator
     embed_dim: int = 32  # class embedding size concatenated to z
     conv_width: int = 64  # conv channels at the base resolution (halved per x2 stage, min 16)

@@ -104,8 +104,8 @@ class _ConvEncoder(nn.Module):
             layers += [
                 nn.Conv2d(w_in, w_out, 4, stride=2, padding=1),
                 nn.GroupNorm(group_count(w_out), w_out),
+                nn.SiLU(),
             ]
-            layers.append(nn.SiLU())
         self.net = nn.Sequential(*layers)
         self.out_features = widths[-1] * base * base
 
@@ -128,8 +128,8 @@ class _ConvDecoder(nn.Module):
                 upsample(),
                 nn.Conv2d(w_in, w_out, 3, padding=1),
                 nn.GroupNorm(group_count(w_out), w_out),
+                nn.SiLU(),
             ]
-            layers.append(nn.SiLU())
         layers.append(nn.Conv2d(widths[-1], cfg.channels, 3, padding=1))
         self.net = nn.Sequential(*layers)
 
@@ -158,8 +158,8 @@ class CVAE(nn.Module):
             self.decoder = nn.Sequential(
                 _mlp([cfg.latent_dim + cfg.embed_dim, cfg.hidden]), nn.SiLU(), _ConvDecoder(cfg, cfg.hidden)
             )
-        # Learned global log-scale of the Gaussian likelihood (unused for bernoulli, kept for one layout).
-        self.log_sigma = nn.Parameter(torch.zeros(()))
+        if cfg.likelihood == "gaussian":  # learned global log-scale (no unused parameters: DDP needs that)
+            self.log_sigma = nn.Parameter(torch.zeros(()))
 
     @property
     def noise_dim(self) -> int:
@@ -186,6 +186,8 @@ class CVAE(nn.Module):
 
     def sigma(self) -> Tensor:
         """The Gaussian likelihood's scale (a scalar tensor), floored at exp(min_log_sigma)."""
+        if self.config.likelihood != "gaussian":
+            raise ValueError(f"sigma() needs likelihood='gaussian', not {self.config.likelihood!r}")
         return self.log_sigma.clamp(min=self.config.min_log_sigma).exp()
 
     def forward(
