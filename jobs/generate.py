@@ -38,7 +38,7 @@ from jobs.storage import confine, resolve_home
 
 MAX_TOTAL_ROWS = 10_000_000
 MAX_SHARDS = 100_000
-SHARD_ROWS_RANGE = (1, 1_000_000)
+SHARD_ROWS_RANGE = (1, 100_000)  # a shard is held in memory while it is written
 DEFAULT_SHARD_ROWS = 10_000
 TEMPERATURE_RANGE = (0.0, 5.0)
 GEN_CHUNK = 2048  # rows per forward pass; fixed so that results never depend on the caller

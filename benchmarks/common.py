@@ -1,0 +1,90 @@
+"""Shared pieces of the benchmarks: result rows, a scratch storage root with a model, memory sampling."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import psutil
+
+
+@dataclass
+class Row:
+    """One line of benchmarks/results.json: genaug vs the plainest baseline, measured in the same run."""
+
+    name: str
+    genaug: float
+    baseline: float | None
+    unit: str
+    target: str  # e.g. ">= 0.7" (ratio genaug/baseline) or "<= 1.5"
+    note: str = ""
+
+    @property
+    def ratio(self) -> float | None:
+        if self.baseline in (None, 0):
+            return None
+        return float(self.genaug) / float(self.baseline)
+
+    @property
+    def met(self) -> bool | None:
+        value = self.ratio if self.baseline is not None else self.genaug
+        if value is None:
+            return None
+        op, _, bound = self.target.partition(" ")
+        return bool(value >= float(bound) if op == ">=" else value <= float(bound))
+
+    def to_dict(self) -> dict:
+        d = {k: (float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v)
+             for k, v in asdict(self).items()}
+        return {**d, "ratio": self.ratio, "met": self.met}
+
+
+def register_default_model(home: Path, kind: str = "cgan", name: str | None = None) -> str:
+    """Register an untrained model with the default digits config (same cost as a trained one)."""
+    import torch
+
+    from jobs.registry import Registry
+    from models.checkpoint import build_model, checkpoint_hash, save_checkpoint
+
+    torch.manual_seed(0)
+    model = build_model(kind, {"image_size": 8, "channels": 1, "num_classes": 10})
+    classes = [str(i) for i in range(10)]
+    data = {"spec": "digits", "fingerprint": "benchmark", "image_shape": [1, 8, 8]}
+
+    def fill(tmp: Path) -> dict:
+        save_checkpoint(model, tmp, classes=classes, data=data)
+        return {"type": kind, "dataset": "digits", "data": data, "classes": classes, "image_shape": [1, 8, 8],
+                "checkpoint_sha256": checkpoint_hash(tmp)}
+
+    return Registry(home).register(name or f"bench-{kind}", fill).ref
+
+
+class PeakRSS:
+    """Sample the summed RSS of the given pids every ``interval`` s in a thread; ``.peak`` in bytes."""
+
+    def __init__(self, pids: list[int], interval: float = 0.1):
+        self.procs = [psutil.Process(p) for p in pids]
+        self.interval, self.peak = interval, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            total = 0
+            for p in self.procs:
+                try:
+                    total += p.memory_info().rss
+                except psutil.Error:
+                    pass
+            self.peak = max(self.peak, total)
+            time.sleep(self.interval)
+
+    def __enter__(self) -> PeakRSS:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
