@@ -32,10 +32,17 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def deploy(home: str | None = None, host: str = "127.0.0.1", port: int = 8000,
            app_args: dict[str, Any] | None = None, timeout_s: float = 120.0) -> str:
-    """Start Serve's HTTP proxy on ``host:port`` and deploy the app (Ray must be up); return the URL."""
+    """Start Serve's HTTP proxy on ``host:port`` and deploy the app (Ray must be up); return the URL.
+
+    When Serve already runs in this Ray (e.g. ``serve deploy`` earlier), its proxy keeps its own
+    host and port, and the URL says so.
+    """
     from ray import serve
+    from ray.serve.context import _get_global_client
 
     serve.start(http_options={"host": host, "port": port})
+    http = _get_global_client().http_config
+    host, port = http.host, http.port
     serve.run(build_app({"home": str(resolve_home(home)), **(app_args or {})}), name=APP_NAME, route_prefix="/")
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
     wait_ready(url, timeout_s)

@@ -91,13 +91,7 @@ def parse_counts(per_class: int | None, counts: Mapping[str, Any] | str | None,
         n = _positive_int(per_class, "per_class")
         return tuple([n] * len(classes))
     if isinstance(counts, str):
-        pairs = {}
-        for item in filter(None, (p.strip() for p in counts.split(","))):
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise ValueError(f"bad counts item {item!r}; valid form: CLASS=N[,CLASS=N...] e.g. 0=500,7=2000")
-            pairs[key.strip()] = value.strip()
-        counts = pairs
+        counts = parse_counts_arg(counts)
     if not isinstance(counts, Mapping) or not counts:
         raise ValueError("counts must be a non-empty map class -> rows, e.g. {\"0\": 500, \"7\": 2000}")
     out = [0] * len(classes)
@@ -107,6 +101,17 @@ def parse_counts(per_class: int | None, counts: Mapping[str, Any] | str | None,
             raise ValueError(f"class {key!r} is given twice in counts; valid: each class once ({valid})")
         out[idx] = _positive_int(value, f"count for class {key!r}")
     return tuple(out)
+
+
+def parse_counts_arg(text: str) -> dict[str, int]:
+    """The CLI form ``"0=500,seven=2000"`` -> ``{"0": 500, "seven": 2000}``."""
+    pairs: dict[str, int] = {}
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"bad counts item {item!r}; valid form: CLASS=N[,CLASS=N...] e.g. 0=500,7=2000")
+        pairs[key.strip()] = _positive_int(value.strip(), f"count for class {key.strip()!r}")
+    return pairs
 
 
 def class_index(key: Any, classes: Sequence[str]) -> int:
@@ -383,7 +388,7 @@ def request_from_args(args: argparse.Namespace) -> dict[str, Any]:
     if args.per_class is not None:
         req["per_class"] = args.per_class
     else:
-        req["counts"] = args.counts
+        req["counts"] = parse_counts_arg(args.counts)
     for flag, key in (("out", "out"), ("shard_rows", "shard_rows"), ("temperature", "temperature"),
                       ("priority", "priority")):
         if getattr(args, flag) is not None:
