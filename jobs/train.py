@@ -41,8 +41,8 @@ RUN_JSON = "genaug_run.json"
 
 # Per-model defaults: the settings that reach the quality targets on digits (benchmarks/RESULTS.md).
 MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
-    "cvae": {"epochs": 300, "batch_size": 64, "lr": 2e-3, "checkpoint_every": 25},
-    "cgan": {"epochs": 400, "batch_size": 64, "lr": 2e-4, "checkpoint_every": 25},
+    "cvae": {"epochs": 100, "batch_size": 64, "lr": 1e-3, "checkpoint_every": 10},
+    "cgan": {"epochs": 300, "batch_size": 64, "lr": 3e-4, "checkpoint_every": 10},
 }
 
 
@@ -128,8 +128,8 @@ def state_digest(module: torch.nn.Module) -> str:
 
 
 def _kl_weight(epoch: int, epochs: int) -> float:
-    """KL warm-up for the VAE: linear from 0 to 1 over the first 10% of epochs."""
-    warm = max(1, epochs // 10)
+    """KL warm-up for the VAE: linear from 0 to 1 over the first 30% of epochs."""
+    warm = max(1, (3 * epochs) // 10)
     return min(1.0, (epoch + 1) / warm)
 
 
@@ -166,8 +166,8 @@ def train_loop_per_worker(config: dict) -> dict:
         D = rt.prepare_model(model.discriminator)
         model.generator_ema.to(device)
         optimizers = {
-            "generator": torch.optim.Adam(model.generator.parameters(), lr=s.lr, betas=(0.0, 0.99)),
-            "discriminator": torch.optim.Adam(model.discriminator.parameters(), lr=2 * s.lr, betas=(0.0, 0.99)),
+            "generator": torch.optim.Adam(model.generator.parameters(), lr=s.lr, betas=(0.0, 0.9)),
+            "discriminator": torch.optim.Adam(model.discriminator.parameters(), lr=s.lr, betas=(0.0, 0.9)),
         }
 
     start_epoch, history, starts = 0, [], []

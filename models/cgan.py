@@ -59,7 +59,7 @@ class CGANConfig:
     # Default of the losses' `augment` (DiffAugment on real and fake D inputs). Off: on 8x8 digits
     # (mlp) it lowered the CAS ratio from 0.98 to 0.91 (898 images) and 0.87 to 0.73 (10 per class).
     diffaug: bool = False
-    depth: int = 2  # hidden layers in the MLP generator and discriminator
+    depth: int = 3  # hidden layers of the MLP G and D (8x8 digits: 3 beat 2, CAS ratio 0.99 vs 0.98)
     embed_dim: int = 32  # class embedding size concatenated to z
     conv_width: int = 64  # conv channels at the base resolution (halved per x2 stage, min 16)
     translation: float = 0.125  # DiffAugment max shift as a fraction of the side
