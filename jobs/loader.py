@@ -767,7 +767,7 @@ class AugmentedDataset(_RankAware, torch.utils.data.IterableDataset):
         counts = np.bincount(self.real_labels, minlength=len(self.classes))
         if self.per_class_target is None:
             return np.zeros(len(self.classes), dtype=np.int64)
-        return np.maximum(self.per_class_target - counts, 0).astype(np.int64)
+        return np.maximum(self.per_class_target - counts + 1, 0).astype(np.int64)
 
     @property
     def num_real(self) -> int:

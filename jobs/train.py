@@ -162,8 +162,12 @@ def train_loop_per_worker(config: dict) -> dict:
         net = rt.prepare_model(model)
         optimizers = {"model": torch.optim.Adam(model.parameters(), lr=s.lr)}
     else:
-        G = rt.prepare_model(model.generator)
-        D = rt.prepare_model(model.discriminator)
+        # No buffer broadcast on every forward: spectral-norm vectors evolve identically on every rank
+        # (they depend only on the synchronised weights) and BatchNorm statistics are averaged across
+        # ranks at each epoch end (average_buffers), which saves several collectives per step.
+        no_sync = {"forward_sync_buffers": False}
+        G = rt.prepare_model(model.generator, parallel_strategy_kwargs=no_sync)
+        D = rt.prepare_model(model.discriminator, parallel_strategy_kwargs=no_sync)
         model.generator_ema.to(device)
         optimizers = {
             "generator": torch.optim.Adam(model.generator.parameters(), lr=s.lr, betas=(0.0, 0.9)),

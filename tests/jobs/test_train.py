@@ -54,14 +54,31 @@ def test_worker_failure_resumes_from_last_checkpoint(ray_local, home):
     assert (home / "runs" / "flaky" / info["run_id"] / "injected_failure").exists()
 
 
+def centroid_fidelity(model) -> float:
+    """Share of samples a nearest-class-mean classifier (fit on real digits train) puts in the asked class."""
+    from jobs.data import load_dataset
+
+    ds = load_dataset("digits")
+    x = ds.images.flatten(1)  # (N, 64)
+    centroids = torch.stack([x[ds.labels == c].mean(0) for c in range(10)])  # (10, 64)
+    labels = torch.arange(10).repeat_interleave(50)
+    fake = model.sample(labels, generator=torch.Generator().manual_seed(0)).flatten(1)  # (500, 64)
+    pred = torch.cdist(fake, centroids).argmin(1)
+    return (pred == labels).float().mean().item()
+
+
 @pytest.mark.parametrize("kind", ["cvae", "cgan"])
 def test_loss_goes_down_and_version_registered(ray_local, home, kind):
     info = train(TrainSettings(model=kind, dataset="digits", name=f"d-{kind}", workers=2, epochs=8,
                                checkpoint_every=4), home, quiet=True)
     hist = json.loads((home / "models" / f"d-{kind}" / "v1" / "history.json").read_text())
-    key = "loss" if kind == "cvae" else "d_loss"
-    first, last = hist[0][key], min(h[key] for h in hist[-3:])
-    assert last < first * (0.8 if kind == "cvae" else 0.95), (first, last)
+    if kind == "cvae":
+        assert hist[-1]["loss"] < 0.8 * hist[0]["loss"], hist
+    else:  # hinge losses do not fall monotonically: D must beat its untrained value (2.0) ...
+        assert max(h["d_loss"] for h in hist[-3:]) < 1.95, hist
+    # ... and both must already draw digits of the asked class far above chance (0.1)
+    fidelity = centroid_fidelity(load_checkpoint(Registry(home).resolve(f"d-{kind}").path).model)
+    assert fidelity > 0.5, fidelity
     assert info["ref"] == f"d-{kind}:v1" and info["type"] == kind
     assert info["classes"] == [str(i) for i in range(10)] and info["image_shape"] == [1, 8, 8]
     assert info["data"]["fingerprint"] and info["images_per_s"] > 0
