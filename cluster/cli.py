@@ -16,9 +16,10 @@ import sys
 from jobs.storage import resolve_home
 
 
-def _home_parent() -> argparse.ArgumentParser:
+def _home_parent(default: object = None) -> argparse.ArgumentParser:
+    """``--home``; sub-actions use ``argparse.SUPPRESS`` so they don't reset a ``--home`` given before them."""
     p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--home", default=None, help="storage root (default $GENAUG_HOME or ./genaug-data)")
+    p.add_argument("--home", default=default, help="storage root (default $GENAUG_HOME or ./genaug-data)")
     return p
 
 
@@ -189,7 +190,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from jobs import generate, train
+    from jobs import datasets, generate, train
 
     parser = argparse.ArgumentParser(prog="genaug", description="genaug: synthetic training data as a service")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -210,13 +211,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("jobs", parents=[home], help="list, show or cancel generation jobs")
     jsub = p.add_subparsers(dest="jobs_command", metavar="ACTION", required=True)
-    q = jsub.add_parser("list", parents=[home], help="jobs, newest first")
+    home_again = _home_parent(argparse.SUPPRESS)
+    q = jsub.add_parser("list", parents=[home_again], help="jobs, newest first")
     q.add_argument("--status", default=None, help="queued, running, succeeded, failed or cancelled")
-    q = jsub.add_parser("show", parents=[home], help="one job as JSON")
+    q = jsub.add_parser("show", parents=[home_again], help="one job as JSON")
     q.add_argument("id")
-    q = jsub.add_parser("cancel", parents=[home], help="cancel a queued or running job")
+    q = jsub.add_parser("cancel", parents=[home_again], help="cancel a queued or running job")
     q.add_argument("id")
     p.set_defaults(func=cmd_jobs)
+
+    p = sub.add_parser("datasets", parents=[home], help="list, show or verify generated datasets")
+    datasets.add_arguments(p)
+    p.set_defaults(func=datasets.run)
 
     p = sub.add_parser("serve", parents=[home], help="run the HTTP service until Ctrl-C")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
@@ -238,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         resolve_home(args.home)
         return args.func(args) or 0
-    except (ValueError, FileNotFoundError, ConnectionError) as e:
+    except (ValueError, FileNotFoundError, ConnectionError, KeyError) as e:
         print(f"genaug {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -39,7 +39,7 @@ class SampleRequest:
 class Generator:
     """Serve replica body (wrapped by ``serve.deployment`` in ``cluster.serve_app``)."""
 
-    def __init__(self, home: str, cache_size: int = 4, device: str | None = None):
+    def __init__(self, home: str, cache_size: int = 4, device: str | None = None, max_batch_size: int = 32):
         self.registry = Registry(home)
         self.cache_size = cache_size
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -48,6 +48,7 @@ class Generator:
         self.batch_sizes: collections.deque[int] = collections.deque(maxlen=10_000)
         self.shards_written = 0
         self.load_times: dict[str, float] = {}
+        self._sample_batch.set_max_batch_size(max_batch_size)  # 1 turns batching off (benchmarks)
 
     def model(self, ref: str) -> torch.nn.Module:
         """The loaded model for ``name:vK`` (LRU cache); ``ModelUnavailable`` when it cannot be loaded."""
@@ -82,7 +83,7 @@ class Generator:
         self.model(model)  # load errors surface here, outside the batch
         return await self._sample_batch(SampleRequest(model, tuple(labels), int(seed), float(temperature)))
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.003)
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
     async def _sample_batch(self, requests: list[SampleRequest]) -> list[np.ndarray]:
         self.batch_sizes.append(len(requests))
         return await asyncio.to_thread(self._sample_many, requests)

@@ -327,8 +327,8 @@ class Ingress:
 
 
 def build_app(args: dict[str, Any] | None = None) -> serve.Application:
-    """Assemble the app. ``args``: home, min_replicas, max_replicas, gpu_per_replica, inline_cap,
-    max_running, max_in_flight, lease_s, max_total_rows. The API token comes from ``GENAUG_API_TOKEN``
+    """Assemble the app. ``args``: home, min_replicas, max_replicas, gpu_per_replica, cpus_per_replica,
+    cache_size, max_batch_size, inline_cap, max_running, max_in_flight, lease_s, max_total_rows. The API token comes from ``GENAUG_API_TOKEN``
     (only its sha256 travels in the deployment's arguments)."""
     args = dict(args or {})
     home = str(resolve_home(args.get("home")))
@@ -349,7 +349,7 @@ def build_app(args: dict[str, Any] | None = None) -> serve.Application:
         },
         health_check_period_s=5,
         graceful_shutdown_timeout_s=5,
-    ).bind(home, int(args.get("cache_size", 4)))
+    ).bind(home, int(args.get("cache_size", 4)), None, int(args.get("max_batch_size", 32)))
     queue_options = {k: args[k] for k in ("max_running", "max_in_flight", "lease_s", "max_total_rows") if k in args}
     return Ingress.bind(generator, home, token_sha256, int(args.get("inline_cap", DEFAULT_INLINE_CAP)),
                         queue_options)

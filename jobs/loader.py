@@ -38,6 +38,10 @@ workers) and the ``< R`` leftover rows of that epoch are skipped.
 
 Epochs: ``set_epoch(e)`` must be called before each ``iter(loader)``; with ``persistent_workers=True``
 the workers keep the epoch they started with, so do not combine the two.
+
+Decoding: genaug's own PNGs (8-bit, filter 0, from ``jobs.shards.encode_pngs``) are decoded by a small
+zlib + numpy fast path (9x faster than PIL at 8x8 grey, 3x at 64x64 RGB); other PNGs go through PIL.
+torchvision's ``decode_png`` is deprecated since torchvision 0.29, so it is not used.
 """
 
 from __future__ import annotations
@@ -74,8 +78,8 @@ _GREY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "F")
 def _decode_fast(data: bytes) -> np.ndarray | None:
     """(H, W, C) uint8 for the PNGs ``jobs.shards.encode_pngs`` writes, else None.
 
-    Fast path (~10x faster than PIL at 8x8): 8-bit grey or RGB, not interlaced, every scanline with
-    filter type 0. zlib's adler32 still catches damaged pixel data (None then: PIL reports it).
+    Fast path (9x faster than PIL at 8x8, 3x at 64x64 RGB): 8-bit grey or RGB, not interlaced, every
+    scanline with filter type 0. zlib's adler32 still catches damaged pixel data (None: PIL reports it).
     """
     if data[:8] != _PNG_SIGNATURE:
         return None
@@ -767,7 +771,7 @@ class AugmentedDataset(_RankAware, torch.utils.data.IterableDataset):
         counts = np.bincount(self.real_labels, minlength=len(self.classes))
         if self.per_class_target is None:
             return np.zeros(len(self.classes), dtype=np.int64)
-        return np.maximum(self.per_class_target - counts + 1, 0).astype(np.int64)
+        return np.maximum(self.per_class_target - counts, 0).astype(np.int64)
 
     @property
     def num_real(self) -> int:

@@ -8,6 +8,7 @@ with one atomic rename, so a half-written version is never visible; published ve
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -43,8 +44,13 @@ class ModelVersion:
 
     @property
     def info(self) -> dict[str, Any]:
-        """The version's ``model.json``."""
-        return read_json(self.path / MODEL_JSON)
+        """The version's ``model.json`` (cached: a published version never changes)."""
+        return _model_json(str(self.path))
+
+
+@functools.lru_cache(maxsize=256)
+def _model_json(path: str) -> dict[str, Any]:
+    return read_json(Path(path) / MODEL_JSON)
 
 
 def parse_ref(ref: str) -> tuple[str, int | None]:
