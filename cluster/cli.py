@@ -78,9 +78,13 @@ def _service(args: argparse.Namespace):
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from jobs.generate import request_from_args
+    import os
+
+    from jobs.generate import new_job_id, request_from_args, validate_request
 
     req = request_from_args(args)
+    if not os.environ.get("GENAUG_URL"):  # embedded: reject bad input before starting anything
+        validate_request(req, args.home, job_id=new_job_id())
     with _service(args) as client:
         job = client.submit_job(req, idempotency_key=args.idempotency_key)
         print(job["id"])

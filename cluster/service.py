@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import logging
 import os
 import socket
 import time
@@ -41,6 +42,7 @@ def deploy(home: str | None = None, host: str = "127.0.0.1", port: int = 8000,
     from ray.serve.context import _get_global_client
 
     serve.start(http_options={"host": host, "port": port})
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)  # serve.start installs its own INFO handler
     http = _get_global_client().http_config
     host, port = http.host, http.port
     serve.run(build_app({"home": str(resolve_home(home)), **(app_args or {})}), name=APP_NAME, route_prefix="/")
@@ -90,7 +92,3 @@ def local_service(home: str | None = None, host: str = "127.0.0.1", port: int | 
             yield url
         finally:
             undeploy()
-            from ray import serve
-
-            with contextlib.suppress(Exception):
-                serve.shutdown()

@@ -62,9 +62,5 @@ def ray_session(num_cpus: int | None = None) -> Iterator[None]:
     try:
         yield
     finally:
-        if started:
-            with contextlib.suppress(Exception):
-                from ray import serve
-
-                serve.shutdown()
+        if started:  # a local Ray takes Serve and every actor down with it; a cluster is only disconnected
             ray.shutdown()

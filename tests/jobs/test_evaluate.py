@@ -1,0 +1,320 @@
+"""Evaluation metrics on cases with known answers, the cached domain classifier, and the eval report."""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+from torch import nn
+
+from jobs import evaluate as ev
+from jobs.data import load_dataset
+from jobs.registry import Registry
+from models.checkpoint import build_model, checkpoint_hash, save_checkpoint
+
+# A cheap classifier for tests that only need "a classifier" (not the >= 0.97 one).
+CHEAP = ev.ClassifierConfig(width=8, feature_dim=32, min_steps=60, max_steps=60)
+
+
+def gaussian(n: int, d: int, seed: int, shift: float = 0.0) -> torch.Tensor:
+    return torch.randn(n, d, generator=torch.Generator().manual_seed(seed)) + shift
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits", "train"), load_dataset("digits", "test")
+
+
+@pytest.fixture(scope="module")
+def eval_home(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("eval_home")
+
+
+# ----------------------------------------------------------------------------- FID
+
+
+def test_fid_identical_sets_is_zero_and_a_mean_shift_adds_its_square():
+    a = gaussian(500, 6, 0)
+    assert ev.fid(a, a) == pytest.approx(0.0, abs=1e-8)
+    shift = torch.tensor([3.0, 0, 0, 0, 0, 4.0])  # |shift|^2 = 25; covariances unchanged
+    assert ev.fid(a, a + shift) == pytest.approx(25.0, rel=1e-6)
+    # Scaling by 2: S_b = 4 S_a, so tr(S_a) + tr(S_b) - 2 tr(sqrt(S_a S_b)) = tr(S_a) (+ the mean shift).
+    expected = float(np.trace(np.cov(a.numpy(), rowvar=False))) + float((a.mean(0) ** 2).sum())
+    assert ev.fid(a, 2 * a) == pytest.approx(expected, rel=1e-6)
+
+
+def test_fid_matches_scipy_sqrtm_on_correlated_features():
+    a = gaussian(400, 5, 1) @ torch.randn(5, 5, generator=torch.Generator().manual_seed(2))
+    b = gaussian(300, 5, 3) @ torch.randn(5, 5, generator=torch.Generator().manual_seed(4)) + 0.5
+    x, y = a.double().numpy(), b.double().numpy()
+    s1, s2 = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
+    ref = ((x.mean(0) - y.mean(0)) ** 2).sum() + np.trace(s1 + s2 - 2 * scipy.linalg.sqrtm(s1 @ s2).real)
+    assert ev.fid(a, b) == pytest.approx(float(ref), rel=1e-6)
+
+
+def test_fid_of_two_draws_is_small_and_rejects_mismatched_widths():
+    assert ev.fid(gaussian(4000, 4, 0), gaussian(4000, 4, 1)) < 0.02
+    with pytest.raises(ValueError, match="equal width"):
+        ev.fid(gaussian(10, 3, 0), gaussian(10, 4, 0))
+
+
+# ----------------------------------------------------------------------------- kNN metrics
+
+
+def test_precision_recall_identical_sets_are_one_and_disjoint_sets_zero():
+    a = gaussian(600, 8, 0)
+    assert ev.precision_recall(a, a) == {"precision": 1.0, "recall": 1.0}
+    far = gaussian(600, 8, 1, shift=20.0)
+    assert ev.precision_recall(a, far) == {"precision": 0.0, "recall": 0.0}
+    assert ev.density_coverage(a, far) == {"density": 0.0, "coverage": 0.0}
+
+
+def test_density_and_coverage_of_two_draws_of_one_distribution():
+    """Naeem et al.: density ~ 1 and coverage ~ 1 - 2^-k = 0.969 at k = 5 for identical distributions."""
+    dc = ev.density_coverage(gaussian(2000, 8, 0), gaussian(2000, 8, 1), k=5)
+    assert 0.93 < dc["density"] < 1.07
+    assert 0.95 < dc["coverage"] < 0.985
+    pr = ev.precision_recall(gaussian(2000, 8, 0), gaussian(2000, 8, 1), k=3)
+    assert 0.85 < pr["precision"] < 0.95 and 0.85 < pr["recall"] < 0.95  # finite-sample PR is below 1
+
+
+def test_constant_generator_has_precision_but_no_recall_or_coverage():
+    real = gaussian(1000, 8, 0)
+    fake = real[:1].repeat(1000, 1)  # every sample the same (a typical real point)
+    pr, dc = ev.precision_recall(real, fake), ev.density_coverage(real, fake)
+    assert pr["precision"] == 1.0
+    assert pr["recall"] <= 0.002  # only the copied real point itself
+    assert dc["coverage"] <= 0.01
+
+
+def brute_force(real: np.ndarray, fake: np.ndarray, k: int) -> tuple[float, float, float, float]:
+    def radii(x):
+        d = np.linalg.norm(x[:, None] - x[None], axis=2)
+        return np.sort(d, axis=1)[:, k]
+
+    d_fr = np.linalg.norm(fake[:, None] - real[None], axis=2)  # (M, N)
+    r_real, r_fake = radii(real), radii(fake)
+    precision = (d_fr <= r_real[None]).any(1).mean()
+    recall = (d_fr.T <= r_fake[None]).any(1).mean()
+    density = (d_fr <= r_real[None]).sum() / (k * len(fake))
+    coverage = (d_fr.min(0) <= r_real).mean()
+    return precision, recall, density, coverage
+
+
+def test_chunked_knn_matches_brute_force(monkeypatch):
+    real, fake = gaussian(150, 5, 0).numpy(), gaussian(120, 5, 1, shift=0.3).numpy()
+    monkeypatch.setattr(ev, "CHUNK_ELEMENTS", 37)  # many chunks, ragged last one
+    pr, dc = ev.precision_recall(real, fake, k=3), ev.density_coverage(real, fake, k=3)
+    p, r, d, c = brute_force(real.astype(np.float64), fake.astype(np.float64), 3)
+    assert (pr["precision"], pr["recall"], dc["density"], dc["coverage"]) == pytest.approx((p, r, d, c))
+    with pytest.raises(ValueError, match="k=3 needs at least k\\+1 points"):
+        ev.precision_recall(real[:3], fake, k=3)
+
+
+# ----------------------------------------------------------------------------- memorisation
+
+
+def test_memorisation_copies_are_near_copies_and_new_images_are_not(digits):
+    train, test = digits
+    tr, te = train.images.flatten(1), test.images.flatten(1)
+    copies = ev.memorisation(tr[:200] + 0.01, tr, te)  # training images, slightly perturbed
+    assert copies["near_copy_rate"] == 1.0
+    assert copies["median_ratio"] < 0.05
+    fresh = ev.memorisation(te[:300], tr, te)  # real unseen images: none is closer than the closest
+    assert fresh["near_copy_rate"] == 0.0
+    assert fresh["threshold"] == pytest.approx(copies["threshold"]) and fresh["threshold"] > 0.5
+    assert fresh["median_ratio"] == pytest.approx(1.0, abs=0.1)
+
+
+# ----------------------------------------------------------------------------- classifier-based metrics
+
+
+class LevelClassifier(nn.Module):
+    """Predicts class c for an image whose pixels are all c / 10 (a stand-in with known outputs)."""
+
+    def forward(self, x):
+        levels = torch.arange(10.0) / 10
+        return -(x.flatten(1).mean(1, keepdim=True) - levels).abs()  # (B, 10)
+
+
+def test_label_fidelity_per_class_and_mean():
+    labels = torch.arange(4).repeat_interleave(10)  # 4 classes x 10
+    images = (labels.float() / 10).view(-1, 1, 1, 1).expand(-1, 1, 8, 8).clone()
+    images[30:35] = 0.0  # half of class 3 looks like class 0
+    lf = ev.label_fidelity(LevelClassifier(), images, labels, ["a", "b", "c", "d"])
+    assert lf["per_class"] == {"a": 1.0, "b": 1.0, "c": 1.0, "d": 0.5}
+    assert lf["mean"] == pytest.approx(0.875) and lf["accuracy"] == pytest.approx(35 / 40)
+
+
+def test_cas_is_high_on_real_data_and_chance_on_shuffled_labels(digits):
+    train, test = digits
+    good = ev.cas(train.images, train.labels, test.images, test.labels, seed=0, num_classes=10, config=CHEAP)
+    shuffled = train.labels[torch.randperm(len(train), generator=torch.Generator().manual_seed(0))]
+    bad = ev.cas(train.images, shuffled, test.images, test.labels, seed=0, num_classes=10, config=CHEAP)
+    assert good > 0.85
+    assert bad < 0.25
+
+
+def test_classifier_training_is_deterministic_and_fits_any_supported_shape(digits):
+    train, _ = digits
+    a = ev.train_classifier(train.images[:200], train.labels[:200], 10, 5, CHEAP)
+    b = ev.train_classifier(train.images[:200], train.labels[:200], 10, 5, CHEAP)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+    for channels, size in ((1, 8), (3, 16), (1, 28), (3, 64)):
+        net = ev.FeatureCNN(channels, size, 5, CHEAP).eval()
+        x = torch.zeros(2, channels, size, size)
+        assert net(x).shape == (2, 5) and ev.extract_features(net, x).shape == (2, CHEAP.feature_dim)
+    with pytest.raises(ValueError, match="channels in \\(1, 3\\)"):
+        ev.FeatureCNN(2, 8, 10, CHEAP)
+
+
+@pytest.mark.slow
+def test_domain_classifier_reaches_097_on_digits_and_is_cached(eval_home, digits):
+    train, test = digits
+    net, meta = ev.feature_classifier(eval_home, train, test)
+    pt, js = ev.classifier_cache_paths(eval_home, train)
+    assert meta["cached"] is False and pt.is_file() and js.is_file()
+    assert pt.name == f"{train.fingerprint}.pt"
+    assert meta["test_accuracy"] >= 0.97
+    assert json.loads(js.read_text())["test_accuracy"] == meta["test_accuracy"]
+    assert ev.accuracy(net, test.images, test.labels) == meta["test_accuracy"]
+    stamp = pt.stat().st_mtime_ns
+    again, meta2 = ev.feature_classifier(eval_home, train, test)
+    assert meta2["cached"] is True and pt.stat().st_mtime_ns == stamp  # loaded, not retrained
+    assert all(torch.equal(x, y) for x, y in zip(net.state_dict().values(), again.state_dict().values()))
+    # The state dict loads without unpickling objects.
+    assert set(torch.load(pt, weights_only=True)) == set(net.state_dict())
+    # A different config is a different classifier: retrained, file replaced.
+    _, meta3 = ev.feature_classifier(eval_home, train, test, CHEAP)
+    assert meta3["cached"] is False
+
+
+# ----------------------------------------------------------------------------- augmentation gain
+
+
+class ReplayGenerator(nn.Module):
+    """A fake generator: 'samples' are real images of the requested class from a fixed pool."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, noise_dim: int = 4):
+        super().__init__()
+        self.anchor = nn.Parameter(torch.zeros(()))  # generate_uint8 asks for the device
+        self.pool, self.pool_labels, self.noise_dim = images, labels, noise_dim
+
+    @torch.no_grad()
+    def sample(self, labels, generator=None, temperature=1.0, noise=None):
+        pick = []
+        for i, y in enumerate(labels.tolist()):
+            idx = torch.nonzero(self.pool_labels == y).flatten()
+            pick.append(self.pool[idx[i % len(idx)]])
+        return torch.stack(pick)
+
+
+def test_augmentation_gain_positive_for_extra_real_data_negative_for_noise(digits):
+    train, test = digits
+    seen = []
+
+    def replay(images, labels, classes, seed):  # "generates" the rest of the real train split
+        seen.append((len(images), torch.bincount(labels, minlength=10).tolist(), seed))
+        return ReplayGenerator(train.images, train.labels)
+
+    def noise(images, labels, classes, seed):
+        gen = ReplayGenerator(train.images, train.labels)
+        gen.pool = torch.rand(len(train), 1, 8, 8, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+        return gen
+
+    common = dict(n_synth_per_class=40, classifier_config=CHEAP, train=train, test=test)
+    good = ev.augmentation_gain("digits", "cgan", 2, [0, 1], train_fn=replay, **common)
+    assert seen == [(20, [2] * 10, 0), (20, [2] * 10, 1)]  # k per class, one generator per seed
+    assert good["gain"]["mean"] > 0.05 and good["gain_pp"]["mean"] == pytest.approx(100 * good["gain"]["mean"])
+    assert len(good["per_seed"]) == 2 and good["gain"]["std"] >= 0
+    bad = ev.augmentation_gain("digits", "cgan", 2, [0], train_fn=noise, **common)
+    assert bad["gain"]["mean"] < 0
+    with pytest.raises(ValueError, match="fewer than k=500"):
+        ev.augmentation_gain("digits", "cgan", 500, [0], train_fn=replay, **common)
+
+
+def test_default_generator_training_is_seeded():
+    x = torch.rand(20, 1, 8, 8) * 2 - 1
+    y = torch.arange(10).repeat(2)
+    small = {"hidden": 16, "latent_dim": 2}
+    a = ev.train_generator("cvae", x, y, [str(i) for i in range(10)], 3, model_config=small, epochs=3)
+    b = ev.train_generator("cvae", x, y, [str(i) for i in range(10)], 3, model_config=small, epochs=3)
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+    fresh = build_model("cvae", {**small, "image_size": 8, "channels": 1, "num_classes": 10})
+    assert any(not torch.equal(p, q) for p, q in zip(a.state_dict().values(), fresh.state_dict().values()))
+    g = ev.train_generator("cgan", x, y, [str(i) for i in range(10)], 0, model_config={"g_hidden": 16}, epochs=2)
+    assert int(g.ema_updates) == 2  # one batch of 20 per epoch
+    with pytest.raises(ValueError, match="unknown model type 'gan'"):
+        ev.train_generator("gan", x, y, [str(i) for i in range(10)], 0)
+
+
+# ----------------------------------------------------------------------------- the report and the CLI
+
+
+def register(home: Path, name: str, kind: str) -> str:
+    torch.manual_seed(0)
+    cfg = {"image_size": 8, "channels": 1, "num_classes": 10}
+    model = build_model(kind, cfg)
+    classes = [str(i) for i in range(10)]
+    data = {"spec": "digits", "fingerprint": "untrained", "image_shape": [1, 8, 8]}
+
+    def fill(tmp: Path) -> dict:
+        save_checkpoint(model, tmp, classes=classes, data=data)
+        (tmp / "history.json").write_text(json.dumps([{"epoch": 1, "loss": 2.0}, {"epoch": 2, "loss": 1.5}]))
+        return {"type": kind, "dataset": "digits", "data": data, "classes": classes,
+                "checkpoint_sha256": checkpoint_hash(tmp)}
+
+    return Registry(home).register(name, fill).ref
+
+
+@pytest.mark.slow
+def test_cli_evaluates_an_untrained_model_and_writes_the_report(tmp_path, monkeypatch, capsys, digits):
+    train, _ = digits
+    register(tmp_path, "tiny-cgan", "cgan")
+    calls = []
+
+    def replay(images, labels, classes, seed):
+        calls.append(seed)
+        return ReplayGenerator(train.images, train.labels)
+
+    monkeypatch.setattr(ev, "evaluate", functools.partial(ev.evaluate, classifier_config=CHEAP, train_fn=replay))
+    rc = ev.main(["--home", str(tmp_path), "--model", "tiny-cgan", "--fast", "--seeds", "3,4"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert calls == [3]  # fast: first seed only, k=10 only
+    vdir = tmp_path / "models" / "tiny-cgan" / "v1"
+    report = json.loads((vdir / "eval.json").read_text())
+    assert set(ev.METRICS) <= set(report)
+    for name in ev.METRICS:
+        assert report[name]["protocol"], name
+    assert report["model"] == "tiny-cgan:v1" and report["fast"] is True and report["seeds"] == [3]
+    # An untrained generator is far from the data on every axis.
+    assert report["fid"]["value"] > 5 * report["fid"]["floor"] > 0 and report["fid"]["pass"] is False
+    assert report["label_fidelity"]["value"] < 0.5 and report["cas_ratio"]["value"] < 0.5
+    assert report["recall"]["value"] < 0.1 and report["recall"]["reference"] > 0.5
+    assert report["cas_svc"]["real"] == pytest.approx(0.969, abs=0.002)  # scikit-learn's published number
+    assert report["memorisation"]["pixel"]["threshold"] > 0 and "feature" in report["memorisation"]
+    assert report["augmentation_gain"]["k"] == 10 and report["augmentation_gain"]["value"] > 0  # replayed real data
+    assert set(report["label_fidelity"]["per_class"]) == {str(i) for i in range(10)}
+    assert (vdir / "eval_samples.png").is_file() and "eval_curves.png" in report["figures"]
+    md = (vdir / "eval.md").read_text()
+    assert "| metric | value | target | met | protocol |" in md and "| cas_ratio |" in md
+    for name in ("fid", "cas_ratio", "label_fidelity", "memorisation", "augmentation_gain"):
+        assert name in out
+    assert not list(vdir.glob(".tmp-*"))
+
+
+def test_cli_rejects_unknown_models_and_bad_seeds(tmp_path, capsys):
+    register(tmp_path, "tiny-cvae", "cvae")
+    assert ev.main(["--home", str(tmp_path), "--model", "nope"]) == 2
+    assert "unknown model 'nope'; valid: tiny-cvae" in capsys.readouterr().err
+    assert ev.main(["--home", str(tmp_path), "--model", "tiny-cvae", "--seeds", "a,b"]) == 2
+    assert "--seeds 'a,b' is not a comma-separated list" in capsys.readouterr().err
+    assert ev.main(["--home", str(tmp_path), "--model", "tiny-cvae", "--dataset", "shapes:16"]) == 2
+    assert "channel" in capsys.readouterr().err
+    assert not (tmp_path / "models" / "tiny-cvae" / "v1" / "eval.json").exists()
