@@ -23,29 +23,32 @@ def run(args: argparse.Namespace) -> int:
     home = resolve_home(args.home)
     t0 = time.perf_counter()
     print(f"genaug quickstart - storage root {home}\n")
-    with local_service(str(home)) as url:
+    from jobs.rayinit import ray_session
+
+    with ray_session():  # one local Ray for training and then the service (train first: it needs both CPUs)
         trained = []
         for name, kind in MODELS:
             print(f"1. training {name} ({kind}) on digits with Ray Train, 2 workers ...", flush=True)
             info = train(TrainSettings(model=kind, dataset="digits", name=name, workers=2), home)
             trained.append(info)
             print(f"   registered {info['ref']} in {info['train_time_s']:.0f} s\n", flush=True)
-        client = Client(url, token="")
-        print(f"2. service up at {url}; submitting {args.per_class} samples per class from each model", flush=True)
-        jobs = [client.submit_job({"model": info["ref"], "per_class": args.per_class, "seed": 0})
-                for info in trained]
-        finished = [client.wait(job["id"], label=info["ref"]) for job, info in zip(jobs, trained)]
-        print()
-        ok = True
-        for job, info in zip(finished, trained):
-            if job["status"] != "succeeded":
-                print(f"   {info['ref']}: job {job['id']} {job['status']}: {job.get('error')}")
-                ok = False
-                continue
-            totals = job["result"]["totals"]
-            print(f"   {info['ref']}: {totals['rows']:,} rows -> {job['output']}")
-            print("     per class: " + ", ".join(f"{k}={v}" for k, v in totals["per_class"].items()))
-            print(f"     sample grid: {home / 'models' / info['name'] / ('v%d' % info['version']) / 'samples.png'}")
+        with local_service(str(home)) as url:
+            client = Client(url, token="")
+            print(f"2. service up at {url}; submitting {args.per_class} samples per class from each model", flush=True)
+            jobs = [client.submit_job({"model": info["ref"], "per_class": args.per_class, "seed": 0})
+                    for info in trained]
+            finished = [client.wait(job["id"], label=info["ref"]) for job, info in zip(jobs, trained)]
+            print()
+            ok = True
+            for job, info in zip(finished, trained):
+                if job["status"] != "succeeded":
+                    print(f"   {info['ref']}: job {job['id']} {job['status']}: {job.get('error')}")
+                    ok = False
+                    continue
+                totals = job["result"]["totals"]
+                print(f"   {info['ref']}: {totals['rows']:,} rows -> {job['output']}")
+                print("     per class: " + ", ".join(f"{k}={v}" for k, v in totals["per_class"].items()))
+                print(f"     sample grid: {home / 'models' / info['name'] / ('v%d' % info['version']) / 'samples.png'}")
     print(f"\ndone in {time.perf_counter() - t0:.0f} s; nothing left running.\n")
     out = finished[-1]["output"] if finished else str(home / "datasets")
     print("Next:")

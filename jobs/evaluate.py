@@ -72,7 +72,7 @@ METRICS = (
     "augmentation_gain",
 )
 FID_FLOOR_FACTOR = {"cgan": 1.5, "cvae": 2.0}  # target: FID <= factor x real-train-vs-real-test floor
-TARGETS_DIGITS = {  # quality targets, set on digits (README); shown for every dataset
+TARGETS_DIGITS = {  # the project's quality targets, set on digits; shown for every dataset
     "cas_ratio": ">= 0.99",
     "label_fidelity": ">= 0.995",
     "fid": "<= 1.5x floor (cgan) / 2x floor (cvae)",
@@ -161,6 +161,9 @@ def _deterministic(seed: int, threads: int) -> Iterator[None]:
         finally:
             torch.use_deterministic_algorithms(before_det)
             torch.set_num_threads(before_threads)
+
+
+GAIN_CLASSIFIER = ClassifierConfig(translation=0.0)  # augmentation gain: no hand-made augmentation
 
 
 def train_classifier(
@@ -588,7 +591,8 @@ def augmentation_gain(
     n_synth_per_class: int = 200,
     model_config: Mapping[str, Any] | None = None,
     generator_epochs: int | None = None,
-    classifier_config: ClassifierConfig = ClassifierConfig(),
+    classifier_config: ClassifierConfig = GAIN_CLASSIFIER,
+    shift_reference: bool = True,
     train: ImageDataset | None = None,
     test: ImageDataset | None = None,
     log: Log = _quiet,
@@ -600,7 +604,13 @@ def augmentation_gain(
     ``train_generator`` of ``model_type``); two ``FeatureCNN`` classifiers with the same seed are trained
     on (a) the k*C real images and (b) those plus ``n_synth_per_class`` generated images per class
     (generation seed = seed); both are scored on the whole real test split. gain = (b) - (a).
-    Returns per-seed numbers and mean/std (ddof=1) over seeds, accuracies in [0, 1], gain also in pp.
+
+    The default ``classifier_config`` (``GAIN_CLASSIFIER``) trains without random shifts, so the gain
+    is what the generator adds to plain training (on digits, shifts alone lift k=10 from 0.92 to 0.96,
+    leaving almost no headroom). ``shift_reference`` also trains (c) the same classifier with shifts
+    (``translation`` 0.1) on the k*C real images, reported as ``real_shifted``: classical augmentation
+    to compare the generator against. Returns per-seed numbers and mean/std (ddof=1) over seeds,
+    accuracies in [0, 1], gain also in pp.
     """
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive integer (real images per class), got {k!r}")
@@ -631,9 +641,16 @@ def augmentation_gain(
             C,
             classifier_config,
         )
-        rows.append(
-            {"seed": int(seed), "real_only": real_only, "augmented": augmented, "gain": augmented - real_only}
-        )
+        row = {
+            "seed": int(seed),
+            "real_only": real_only,
+            "augmented": augmented,
+            "gain": augmented - real_only,
+        }
+        if shift_reference:
+            shifted = dataclasses.replace(classifier_config, translation=0.1)
+            row["real_shifted"] = cas(x_real, y_real, test.images, test.labels, seed, C, shifted)
+        rows.append(row)
     r_mean, r_std = _mean_std([r["real_only"] for r in rows])
     a_mean, a_std = _mean_std([r["augmented"] for r in rows])
     g_mean, g_std = _mean_std([r["gain"] for r in rows])
@@ -644,12 +661,23 @@ def augmentation_gain(
         "augmented": {"mean": a_mean, "std": a_std},
         "gain": {"mean": g_mean, "std": g_std},
         "gain_pp": {"mean": 100 * g_mean, "std": 100 * g_std},
+        "real_shifted": dict(zip(("mean", "std"), _mean_std([r["real_shifted"] for r in rows]), strict=True))
+        if shift_reference
+        else None,
         "per_seed": rows,
         "n_synth_per_class": n_synth_per_class,
+        "classifier": dataclasses.asdict(classifier_config),
     }
 
 
 # ----------------------------------------------------------------------------- the report
+
+
+def _gain_text(g: Mapping[str, Any]) -> str:
+    text = f"real only {g['real_only']['mean']:.4f}, with samples {g['augmented']['mean']:.4f}"
+    if g.get("real_shifted"):
+        text += f"; real only with random shifts instead: {g['real_shifted']['mean']:.4f}"
+    return text
 
 
 def _svc_features(images: Tensor) -> np.ndarray:
@@ -745,8 +773,8 @@ def evaluate(
     if isinstance(n_per_class, bool) or not isinstance(n_per_class, int) or n_per_class < 2:
         raise ValueError(f"n_per_class must be an integer >= 2, got {n_per_class!r}")
     seeds = [int(s) for s in seeds]
-    if not seeds:
-        raise ValueError("seeds must name at least one seed, e.g. 0,1,2")
+    if not seeds or min(seeds) < 0:
+        raise ValueError(f"seeds must be one or more integers >= 0, e.g. 0,1,2; got {seeds}")
     gain_k = [int(k) for k in gain_k]
     if fast:
         seeds, n_per_class = seeds[:1], min(n_per_class, 50)
@@ -762,6 +790,9 @@ def evaluate(
     size = int(ckpt.config.image_size)
     train, test = _check_dataset(spec, ckpt, size)
     C, classes = train.num_classes, list(train.classes)
+    fewest = int(torch.bincount(train.labels, minlength=C).min())
+    if gain_k and not 1 <= min(gain_k) <= max(gain_k) <= fewest:
+        raise ValueError(f"gain k values {gain_k} must lie in 1..{fewest} (train images of the rarest class)")
     log(f"evaluating {mv.ref} ({model_type}) on {spec} test ({len(test)} images), seeds {seeds}")
 
     clf, clf_meta = feature_classifier(home, train, test, classifier_config, log)
@@ -919,7 +950,8 @@ def evaluate(
             n_synth_per_class=n_synth,
             model_config=dataclasses.asdict(ckpt.config),
             generator_epochs=gen_epochs,
-            classifier_config=classifier_config,
+            classifier_config=dataclasses.replace(classifier_config, translation=0.0),
+            shift_reference=not fast,
             train=train,
             test=test,
             log=log,
@@ -942,9 +974,10 @@ def evaluate(
         "by_k": by_k,
         "target": target,
         "pass": ok,
-        "protocol": f"percentage points of real test accuracy: FeatureCNN on k real train images/class + "
-        f"{n_synth}/class samples of {gen_text}, minus the same classifier on the k real images only; "
-        f"k in {gain_k}, mean ± std (ddof=1) over seeds {seeds}; headline k={head_k}",
+        "protocol": f"percentage points of real test accuracy: FeatureCNN (no shift augmentation) on k real "
+        f"train images/class + {n_synth}/class samples of {gen_text}, minus the same classifier on the k "
+        f"real images only; k in {gain_k}, mean ± std (ddof=1) over seeds {seeds}; headline k={head_k}"
+        + (f" ({_gain_text(by_k[head_k])})" if head_k else ""),
     }
 
     report: dict[str, Any] = {
