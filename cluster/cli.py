@@ -194,7 +194,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from jobs import datasets, generate, train
+    from jobs import datasets, evaluate, generate, train
 
     parser = argparse.ArgumentParser(prog="genaug", description="genaug: synthetic training data as a service")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -223,6 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
     q = jsub.add_parser("cancel", parents=[home_again], help="cancel a queued or running job")
     q.add_argument("id")
     p.set_defaults(func=cmd_jobs)
+
+    p = sub.add_parser("eval", parents=[home], help="evaluate a model version's samples; writes eval.json/eval.md")
+    evaluate.add_arguments(p)
+    p.set_defaults(func=evaluate.run)
 
     p = sub.add_parser("datasets", parents=[home], help="list, show or verify generated datasets")
     datasets.add_arguments(p)

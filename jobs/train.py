@@ -160,7 +160,7 @@ def train_loop_per_worker(config: dict) -> dict:
 
     if s.model == "cvae":
         net = rt.prepare_model(model)
-        optimizers = {"model": torch.optim.Adam(model.parameters(), lr=s.lr)}
+        optimizers = {"model": torch.optim.Adam(model.parameters(), lr=s.lr, foreach=True)}
     else:
         # No buffer broadcast on every forward: spectral-norm vectors evolve identically on every rank
         # (they depend only on the synchronised weights) and BatchNorm statistics are averaged across
@@ -170,8 +170,9 @@ def train_loop_per_worker(config: dict) -> dict:
         D = rt.prepare_model(model.discriminator, parallel_strategy_kwargs=no_sync)
         model.generator_ema.to(device)
         optimizers = {
-            "generator": torch.optim.Adam(model.generator.parameters(), lr=s.lr, betas=(0.0, 0.9)),
-            "discriminator": torch.optim.Adam(model.discriminator.parameters(), lr=s.lr, betas=(0.0, 0.9)),
+            "generator": torch.optim.Adam(model.generator.parameters(), lr=s.lr, betas=(0.0, 0.9), foreach=True),
+            "discriminator": torch.optim.Adam(model.discriminator.parameters(), lr=s.lr, betas=(0.0, 0.9),
+                                              foreach=True),
         }
 
     start_epoch, history, starts = 0, [], []
