@@ -36,8 +36,10 @@ class Row:
         return bool(value >= float(bound) if op == ">=" else value <= float(bound))
 
     def to_dict(self) -> dict:
-        d = {k: (float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v)
-             for k, v in asdict(self).items()}
+        d = {
+            k: (float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v)
+            for k, v in asdict(self).items()
+        }
         return {**d, "ratio": self.ratio, "met": self.met}
 
 
@@ -55,8 +57,14 @@ def register_default_model(home: Path, kind: str = "cgan", name: str | None = No
 
     def fill(tmp: Path) -> dict:
         save_checkpoint(model, tmp, classes=classes, data=data)
-        return {"type": kind, "dataset": "digits", "data": data, "classes": classes, "image_shape": [1, 8, 8],
-                "checkpoint_sha256": checkpoint_hash(tmp)}
+        return {
+            "type": kind,
+            "dataset": "digits",
+            "data": data,
+            "classes": classes,
+            "image_shape": [1, 8, 8],
+            "checkpoint_sha256": checkpoint_hash(tmp),
+        }
 
     return Registry(home).register(name or f"bench-{kind}", fill).ref
 

@@ -63,10 +63,18 @@ def writer_vs_write_table(home: Path, ref: str, shard_rows: int = 10_000, repeat
         shards.write_shard(out / "ours", i, repeats, pngs, labels, classes, ref, 0)
         t_ours.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        pq.write_table(table, out / f"base-{i}.parquet", compression="zstd", row_group_size=shards.ROW_GROUP_ROWS)
+        pq.write_table(
+            table, out / f"base-{i}.parquet", compression="zstd", row_group_size=shards.ROW_GROUP_ROWS
+        )
         t_base.append(time.perf_counter() - t0)
-    return Row("shard writing (10k rows, 8x8)", mb / np.median(t_ours), mb / np.median(t_base), "MB/s", ">= 0.9",
-               "genaug: build table + temp file + fsync + rename + sha256; baseline: pq.write_table")
+    return Row(
+        "shard writing (10k rows, 8x8)",
+        mb / np.median(t_ours),
+        mb / np.median(t_base),
+        "MB/s",
+        ">= 0.9",
+        "genaug: build table + temp file + fsync + rename + sha256; baseline: pq.write_table",
+    )
 
 
 def job_rows_per_s(client, ref: str, rows: int, shard_rows: int) -> tuple[float, dict]:
@@ -78,8 +86,6 @@ def job_rows_per_s(client, ref: str, rows: int, shard_rows: int) -> tuple[float,
     if not (Path(done["output"]) / "_SUCCESS").exists():
         raise RuntimeError("no _SUCCESS after the job succeeded")
     return rows / (time.perf_counter() - t0), done
-
-
 
 
 def run(rows: int = 100_000, shard_rows: int = 10_000, memory: bool = True) -> list[Row]:
@@ -97,9 +103,18 @@ def run(rows: int = 100_000, shard_rows: int = 10_000, memory: bool = True) -> l
         ours, _ = job_rows_per_s(client, ref, rows, shard_rows)
         raw = plain_loop(home, ref, rows, shard_rows, write=False)
         raw_write = plain_loop(home, ref, rows, shard_rows, write=True)
-        out.append(Row(f"generation job rows/s vs forward+PNG ({rows:,} rows)", ours, raw, "rows/s", ">= 0.7"))
-        out.append(Row(f"generation job rows/s vs forward+PNG+write_table ({rows:,} rows)", ours, raw_write,
-                       "rows/s", ">= 0.8"))
+        out.append(
+            Row(f"generation job rows/s vs forward+PNG ({rows:,} rows)", ours, raw, "rows/s", ">= 0.7")
+        )
+        out.append(
+            Row(
+                f"generation job rows/s vs forward+PNG+write_table ({rows:,} rows)",
+                ours,
+                raw_write,
+                "rows/s",
+                ">= 0.8",
+            )
+        )
         out.append(writer_vs_write_table(home, ref, shard_rows))
         if memory:
             pids = _pids_via_stats(client)
@@ -108,8 +123,16 @@ def run(rows: int = 100_000, shard_rows: int = 10_000, memory: bool = True) -> l
                 with PeakRSS(pids) as m:
                     job_rows_per_s(client, ref, n, shard_rows)
                 peaks.append(m.peak)
-            out.append(Row("peak RSS, 1M-row job / 100k-row job", peaks[1] / 1e6, peaks[0] / 1e6, "MB",
-                           "<= 1.5", "generator replicas + queue owner"))
+            out.append(
+                Row(
+                    "peak RSS, 1M-row job / 100k-row job",
+                    peaks[1] / 1e6,
+                    peaks[0] / 1e6,
+                    "MB",
+                    "<= 1.5",
+                    "generator replicas + queue owner",
+                )
+            )
         undeploy()
     return out
 

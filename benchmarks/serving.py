@@ -37,8 +37,12 @@ def in_process_ms(home: Path, ref: str, n: int) -> np.ndarray:
     for i in range(n):
         t0 = time.perf_counter()
         images = generate_uint8(model, labels, seed=i)
-        body = {"samples": [{"label": int(y), "label_name": str(y), "png": base64.b64encode(p).decode()}
-                            for y, p in zip(labels, shards.encode_pngs(images))]}
+        body = {
+            "samples": [
+                {"label": int(y), "label_name": str(y), "png": base64.b64encode(p).decode()}
+                for y, p in zip(labels, shards.encode_pngs(images), strict=False)
+            ]
+        }
         json.dumps(body)
         out.append((time.perf_counter() - t0) * 1000)
     return np.array(out)
@@ -83,16 +87,41 @@ def run(requests: int = 200) -> list[Row]:
                 ours = http_ms(client, ref, requests)
                 base = in_process_ms(home, ref, requests)
                 overhead = float(np.median(ours) - np.median(base))
-                note = (f"HTTP p50 {np.median(ours):.1f} ms / p99 {np.percentile(ours, 99):.1f} ms; in-process "
-                        f"p50 {np.median(base):.1f} ms / p99 {np.percentile(base, 99):.1f} ms")
-                rows.append(Row("/v1/samples 64 samples: p50 overhead over in-process", overhead, None, "ms",
-                                "<= 5", note))
-                rows.append(Row("/v1/samples 64 samples: p50 overhead (issue 8 target)", overhead, None, "ms",
-                                "<= 3", note))
+                note = (
+                    f"HTTP p50 {np.median(ours):.1f} ms / p99 {np.percentile(ours, 99):.1f} ms; in-process "
+                    f"p50 {np.median(base):.1f} ms / p99 {np.percentile(base, 99):.1f} ms"
+                )
+                rows.append(
+                    Row(
+                        "/v1/samples 64 samples: p50 overhead over in-process",
+                        overhead,
+                        None,
+                        "ms",
+                        "<= 5",
+                        note,
+                    )
+                )
+                rows.append(
+                    Row(
+                        "/v1/samples 64 samples: p50 overhead (issue 8 target)",
+                        overhead,
+                        None,
+                        "ms",
+                        "<= 3",
+                        note,
+                    )
+                )
             rps[batch] = concurrent_rps(client, ref)
             undeploy()
-        rows.append(Row("16 concurrent clients, 10 samples each: requests/s with batching vs without",
-                        rps[32], rps[1], "req/s", ">= 2"))
+        rows.append(
+            Row(
+                "16 concurrent clients, 10 samples each: requests/s with batching vs without",
+                rps[32],
+                rps[1],
+                "req/s",
+                ">= 2",
+            )
+        )
     return rows
 
 

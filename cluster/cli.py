@@ -17,7 +17,7 @@ from jobs.storage import resolve_home
 
 
 def _home_parent(default: object = None) -> argparse.ArgumentParser:
-    """``--home``; sub-actions use ``argparse.SUPPRESS`` so they don't reset a ``--home`` given before them."""
+    """``--home``; sub-actions pass ``argparse.SUPPRESS`` so they keep a ``--home`` given before them."""
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--home", default=default, help="storage root (default $GENAUG_HOME or ./genaug-data)")
     return p
@@ -39,11 +39,23 @@ def cmd_models(args: argparse.Namespace) -> int:
         info = mv.info
         shape = "x".join(str(d) for d in info.get("image_shape") or [])
         losses = " ".join(f"{k}={v:.3f}" for k, v in (info.get("final_losses") or {}).items())
-        rows.append([mv.ref, info.get("type", "?"), info.get("dataset", "?"), shape,
-                     str(len(info.get("classes", []))), str(info.get("epochs", "")), losses,
-                     info.get("created_at", "")])
+        rows.append(
+            [
+                mv.ref,
+                info.get("type", "?"),
+                info.get("dataset", "?"),
+                shape,
+                str(len(info.get("classes", []))),
+                str(info.get("epochs", "")),
+                losses,
+                info.get("created_at", ""),
+            ]
+        )
     if not rows:
-        print(f"no models under {reg.root} (train one: genaug train --model cgan --dataset digits --name digits-cgan)")
+        print(
+            f"no models under {reg.root} "
+            "(train one: genaug train --model cgan --dataset digits --name digits-cgan)"
+        )
         return 0
     print_table(["MODEL", "TYPE", "DATASET", "SHAPE", "CLASSES", "EPOCHS", "FINAL LOSSES", "CREATED"], rows)
     return 0
@@ -53,7 +65,7 @@ def print_table(header: list[str], rows: list[list[str]]) -> None:
     """Print left-aligned columns."""
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for r in [header, *rows]:
-        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=False)).rstrip())
 
 
 def _service(args: argparse.Namespace):
@@ -112,9 +124,18 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     with _jobs_backend(args) as backend:
         if args.jobs_command == "list":
             jobs = backend.jobs(args.status)
-            rows = [[j["id"], j["status"], (j.get("spec") or {}).get("model", ""), f"{j['progress']:.0%}",
-                     f"{j['rows_done']:,}/{j['total_rows']:,}", str(j.get("priority", 0)), _ts(j["created_at"])]
-                    for j in jobs]
+            rows = [
+                [
+                    j["id"],
+                    j["status"],
+                    (j.get("spec") or {}).get("model", ""),
+                    f"{j['progress']:.0%}",
+                    f"{j['rows_done']:,}/{j['total_rows']:,}",
+                    str(j.get("priority", 0)),
+                    _ts(j["created_at"]),
+                ]
+                for j in jobs
+            ]
             if not rows:
                 print("no jobs")
             else:
@@ -168,15 +189,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from jobs.rayinit import ray_session
 
     if not is_loopback(args.host) and not os.environ.get("GENAUG_API_TOKEN") and not args.insecure:
-        raise ValueError(f"refusing to bind non-loopback host {args.host!r} without GENAUG_API_TOKEN; "
-                         "set a token, or pass --insecure to serve without auth")
+        raise ValueError(
+            f"refusing to bind non-loopback host {args.host!r} without GENAUG_API_TOKEN; "
+            "set a token, or pass --insecure to serve without auth"
+        )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with ray_session():
-        url = deploy(args.home, args.host, args.port,
-                     {"max_replicas": args.max_replicas, "gpu_per_replica": args.gpu_per_replica})
-        print(f"genaug serving at {url}  (docs {url}/docs; storage {resolve_home(args.home)}); Ctrl-C stops",
-              flush=True)
+        url = deploy(
+            args.home,
+            args.host,
+            args.port,
+            {"max_replicas": args.max_replicas, "gpu_per_replica": args.gpu_per_replica},
+        )
+        print(
+            f"genaug serving at {url}  (docs {url}/docs; storage {resolve_home(args.home)}); Ctrl-C stops",
+            flush=True,
+        )
         try:
             while not stop.wait(0.5):
                 pass
@@ -196,7 +225,9 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from jobs import datasets, evaluate, generate, train
 
-    parser = argparse.ArgumentParser(prog="genaug", description="genaug: synthetic training data as a service")
+    parser = argparse.ArgumentParser(
+        prog="genaug", description="genaug: synthetic training data as a service"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     home = _home_parent()
 
@@ -209,8 +240,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generate", parents=[home], help="submit a generation job (prints its id)")
     generate.add_request_arguments(p)
-    p.add_argument("--wait", action="store_true", help="show progress until the job ends, then print the result")
-    p.add_argument("--idempotency-key", default=None, help="a retried submission with this key returns the same job")
+    p.add_argument(
+        "--wait", action="store_true", help="show progress until the job ends, then print the result"
+    )
+    p.add_argument(
+        "--idempotency-key", default=None, help="a retried submission with this key returns the same job"
+    )
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("jobs", parents=[home], help="list, show or cancel generation jobs")
@@ -224,7 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("id")
     p.set_defaults(func=cmd_jobs)
 
-    p = sub.add_parser("eval", parents=[home], help="evaluate a model version's samples; writes eval.json/eval.md")
+    p = sub.add_parser(
+        "eval", parents=[home], help="evaluate a model version's samples; writes eval.json/eval.md"
+    )
     evaluate.add_arguments(p)
     p.set_defaults(func=evaluate.run)
 
@@ -235,7 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", parents=[home], help="run the HTTP service until Ctrl-C")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    p.add_argument("--insecure", action="store_true", help="allow a non-loopback host without GENAUG_API_TOKEN")
+    p.add_argument(
+        "--insecure", action="store_true", help="allow a non-loopback host without GENAUG_API_TOKEN"
+    )
     p.add_argument("--max-replicas", type=int, default=2, help="generator replicas at most (autoscaling)")
     p.add_argument("--gpu-per-replica", type=float, default=0.0, help="GPU fraction per generator replica")
     p.set_defaults(func=cmd_serve)

@@ -31,12 +31,15 @@ class Client:
     def __init__(self, url: str | None = None, token: str | None = None, timeout: float = 60.0):
         self.url = (url or os.environ.get("GENAUG_URL") or "").rstrip("/")
         if not self.url.startswith(("http://", "https://")):
-            raise ValueError(f"service URL {self.url!r} is not valid; valid: http://HOST:PORT (set GENAUG_URL)")
+            raise ValueError(
+                f"service URL {self.url!r} is not valid; valid: http://HOST:PORT (set GENAUG_URL)"
+            )
         self.token = token if token is not None else os.environ.get("GENAUG_API_TOKEN")
         self.timeout = timeout
 
-    def request(self, method: str, path: str, body: Any = None, headers: dict | None = None,
-                raw: bool = False) -> Any:
+    def request(
+        self, method: str, path: str, body: Any = None, headers: dict | None = None, raw: bool = False
+    ) -> Any:
         data = json.dumps(body).encode() if body is not None else None
         h = {"Accept": "application/json", **(headers or {})}
         if data is not None:
@@ -104,10 +107,12 @@ class ProgressBar:
         frac = job.get("progress") or 0.0
         filled = int(frac * self.width)
         rate = job.get("rows_per_s")
-        line = (f"{self.label} [{'#' * filled}{'.' * (self.width - filled)}] {frac:4.0%} "
-                f"{job.get('rows_done', 0):,}/{job.get('total_rows', 0):,} rows  "
-                f"{job.get('shards_done', 0)}/{job.get('total_shards', 0)} shards  "
-                f"{(rate or 0):,.0f} rows/s  {job['status']}")
+        line = (
+            f"{self.label} [{'#' * filled}{'.' * (self.width - filled)}] {frac:4.0%} "
+            f"{job.get('rows_done', 0):,}/{job.get('total_rows', 0):,} rows  "
+            f"{job.get('shards_done', 0)}/{job.get('total_shards', 0)} shards  "
+            f"{(rate or 0):,.0f} rows/s  {job['status']}"
+        )
         if self.tty:
             sys.stderr.write("\r" + line.ljust(len(self.last)))
             sys.stderr.flush()

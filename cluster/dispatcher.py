@@ -45,9 +45,17 @@ MAX_SHARD_ATTEMPTS = 5
 class QueueOwner:
     """Actor body; create it with ``get_queue(...)``."""
 
-    def __init__(self, home: str, app_name: str = "genaug", deployment: str = "Generator",
-                 max_running: int = 2, max_in_flight: int = 4, lease_s: float = 30.0,
-                 max_total_rows: int | None = None, poll_s: float = 0.2):
+    def __init__(
+        self,
+        home: str,
+        app_name: str = "genaug",
+        deployment: str = "Generator",
+        max_running: int = 2,
+        max_in_flight: int = 4,
+        lease_s: float = 30.0,
+        max_total_rows: int | None = None,
+        poll_s: float = 0.2,
+    ):
         self.home = resolve_home(home)
         self.store = JobStore(self.home / "state" / "queue.sqlite", lease_s=lease_s)
         self.owner = f"queue-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -84,9 +92,15 @@ class QueueOwner:
         job_id = new_job_id()
         kwargs = {"max_total_rows": self.max_total_rows} if self.max_total_rows else {}
         spec = validate_request(request, self.home, job_id=job_id, **kwargs)
-        return self.store.submit(spec.to_dict(), job_id=job_id, priority=spec.priority,
-                                 idempotency_key=idempotency_key, total_rows=spec.total_rows,
-                                 total_shards=spec.num_shards, output=spec.output)
+        return self.store.submit(
+            spec.to_dict(),
+            job_id=job_id,
+            priority=spec.priority,
+            idempotency_key=idempotency_key,
+            total_rows=spec.total_rows,
+            total_shards=spec.num_shards,
+            output=spec.output,
+        )
 
     async def get(self, job_id: str) -> dict:
         self._ensure_loop()
@@ -119,7 +133,9 @@ class QueueOwner:
         deadline = time.monotonic() + timeout_s
         while True:
             job = self.store.get(job_id)
-            if job["status"] in {s.value for s in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)}:
+            if job["status"] in {
+                s.value for s in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+            }:
                 return job
             if time.monotonic() > deadline:
                 return job
@@ -127,8 +143,13 @@ class QueueOwner:
 
     async def info(self) -> dict:
         self._ensure_loop()
-        return {"owner": self.owner, "pid": os.getpid(), "running": sorted(self._tasks),
-                "started_at": self.started_at, "requeued_at_start": self.requeued}
+        return {
+            "owner": self.owner,
+            "pid": os.getpid(),
+            "running": sorted(self._tasks),
+            "started_at": self.started_at,
+            "requeued_at_start": self.requeued,
+        }
 
     # -------------------------------------------------------------- dispatching
 
@@ -210,10 +231,20 @@ class QueueOwner:
             return
         mv = Registry(self.home).resolve(spec.model)
         manifest = await asyncio.to_thread(
-            shards.finalize_dataset, spec.output, {"job_id": job_id, **spec.to_dict()}, lineage(mv),
-            [done[k] for k in sorted(done)], spec.classes, time.perf_counter() - started)
-        summary = {"output": spec.output, "totals": manifest["totals"], "rows_per_s": manifest.get("rows_per_s"),
-                   "duration_s": manifest.get("duration_s")}
+            shards.finalize_dataset,
+            spec.output,
+            {"job_id": job_id, **spec.to_dict()},
+            lineage(mv),
+            [done[k] for k in sorted(done)],
+            spec.classes,
+            time.perf_counter() - started,
+        )
+        summary = {
+            "output": spec.output,
+            "totals": manifest["totals"],
+            "rows_per_s": manifest.get("rows_per_s"),
+            "duration_s": manifest.get("duration_s"),
+        }
         self.store.complete(job_id, self.owner, result=summary)
 
 
@@ -238,8 +269,14 @@ def get_queue(home: str | os.PathLike | None = None, **options: Any):
     """Get the named queue owner actor, creating it (detached, on the head node) if it does not exist."""
     actor_cls = ray.remote(QueueOwner)
     handle = actor_cls.options(
-        name=QUEUE_ACTOR, namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
-        max_restarts=-1, max_task_retries=3, num_cpus=0, max_concurrency=1000,
+        name=QUEUE_ACTOR,
+        namespace=NAMESPACE,
+        lifetime="detached",
+        get_if_exists=True,
+        max_restarts=-1,
+        max_task_retries=3,
+        num_cpus=0,
+        max_concurrency=1000,
         resources={"node:__internal_head__": 0.001},
     ).remote(str(resolve_home(home)), **options)
     ray.get(handle.ready.remote())

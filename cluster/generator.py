@@ -101,7 +101,7 @@ class Generator:
                 [requests[i].seed for i in idx],
                 temperature,
             )
-            for i, img in zip(idx, images):
+            for i, img in zip(idx, images, strict=False):
                 out[i] = img
         return out  # type: ignore[return-value]
 

@@ -34,13 +34,20 @@ def run(args: argparse.Namespace) -> int:
             print(f"   registered {info['ref']} in {info['train_time_s']:.0f} s\n", flush=True)
         with local_service(str(home)) as url:
             client = Client(url, token="")
-            print(f"2. service up at {url}; submitting {args.per_class} samples per class from each model", flush=True)
-            jobs = [client.submit_job({"model": info["ref"], "per_class": args.per_class, "seed": 0})
-                    for info in trained]
-            finished = [client.wait(job["id"], label=info["ref"]) for job, info in zip(jobs, trained)]
+            print(
+                f"2. service up at {url}; submitting {args.per_class} samples per class from each model",
+                flush=True,
+            )
+            jobs = [
+                client.submit_job({"model": info["ref"], "per_class": args.per_class, "seed": 0})
+                for info in trained
+            ]
+            finished = [
+                client.wait(job["id"], label=info["ref"]) for job, info in zip(jobs, trained, strict=False)
+            ]
             print()
             ok = True
-            for job, info in zip(finished, trained):
+            for job, info in zip(finished, trained, strict=False):
                 if job["status"] != "succeeded":
                     print(f"   {info['ref']}: job {job['id']} {job['status']}: {job.get('error')}")
                     ok = False
@@ -48,15 +55,20 @@ def run(args: argparse.Namespace) -> int:
                 totals = job["result"]["totals"]
                 print(f"   {info['ref']}: {totals['rows']:,} rows -> {job['output']}")
                 print("     per class: " + ", ".join(f"{k}={v}" for k, v in totals["per_class"].items()))
-                print(f"     sample grid: {home / 'models' / info['name'] / ('v%d' % info['version']) / 'samples.png'}")
+                grid = home / "models" / info["name"] / f"v{info['version']}" / "samples.png"
+                print(f"     sample grid: {grid}")
     print(f"\ndone in {time.perf_counter() - t0:.0f} s; nothing left running.\n")
     out = finished[-1]["output"] if finished else str(home / "datasets")
     print("Next:")
-    print("  genaug serve                                   # the API on http://127.0.0.1:8000 (docs at /docs)")
+    print(
+        "  genaug serve                                   # the API on http://127.0.0.1:8000 (docs at /docs)"
+    )
     print("  curl -s -X POST localhost:8000/v1/samples -H 'Content-Type: application/json' \\")
-    print("       -d '{\"model\": \"digits-cgan\", \"per_class\": 10, \"format\": \"png\"}' -o grid.png")
+    print('       -d \'{"model": "digits-cgan", "per_class": 10, "format": "png"}\' -o grid.png')
     print("  curl -s -X POST localhost:8000/v1/jobs -H 'Content-Type: application/json' \\")
-    print("       -d '{\"model\": \"digits-cgan\", \"per_class\": 10000}'")
-    print(f"  python -c \"import pandas as pd; df = pd.read_parquet('{out}/data'); "
-          "print(df.label_name.value_counts())\"")
+    print('       -d \'{"model": "digits-cgan", "per_class": 10000}\'')
+    print(
+        f"  python -c \"import pandas as pd; df = pd.read_parquet('{out}/data'); "
+        'print(df.label_name.value_counts())"'
+    )
     return 0 if ok else 1

@@ -8,7 +8,6 @@
 ``serve deploy`` brings up the whole service. API reference: README.md and ``/docs``.
 """
 
-
 import asyncio
 import base64
 import hashlib
@@ -18,7 +17,7 @@ import os
 from typing import Any, Literal
 
 import numpy as np
-from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi import FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -65,7 +64,9 @@ class JobRequest(BaseModel):
     per_class: int | None = None
     counts: dict[str, int] | None = None
     seed: int = Field(0, ge=0, lt=2**63)
-    out: str | None = Field(None, description="output directory under the storage root (default datasets/<id>)")
+    out: str | None = Field(
+        None, description="output directory under the storage root (default datasets/<id>)"
+    )
     shard_rows: int | None = Field(None, description="rows per shard (default 10000)")
     temperature: float = Field(1.0, ge=TEMPERATURE_RANGE[0], le=TEMPERATURE_RANGE[1])
     priority: int = Field(0, ge=-1000, le=1000)
@@ -120,8 +121,19 @@ async def _http_error(_: Request, e: StarletteHTTPException) -> JSONResponse:
 
 def _summary(mv) -> dict[str, Any]:
     info = mv.info
-    keys = ("type", "dataset", "classes", "image_shape", "epochs", "final_losses", "images_per_s",
-            "train_time_s", "workers", "created_at", "checkpoint_sha256")
+    keys = (
+        "type",
+        "dataset",
+        "classes",
+        "image_shape",
+        "epochs",
+        "final_losses",
+        "images_per_s",
+        "train_time_s",
+        "workers",
+        "created_at",
+        "checkpoint_sha256",
+    )
     out = {"ref": mv.ref, "version": mv.version, **{k: info.get(k) for k in keys}}
     eval_path = mv.path / "eval.json"
     out["metrics"] = read_json(eval_path) if eval_path.is_file() else None
@@ -129,9 +141,26 @@ def _summary(mv) -> dict[str, Any]:
 
 
 def _job_view(job: dict, request: Request) -> dict:
-    keep = ("id", "status", "priority", "total_rows", "total_shards", "rows_done", "shards_done", "progress",
-            "attempts", "error", "created_at", "started_at", "finished_at", "elapsed_s", "rows_per_s", "output",
-            "result", "spec")
+    keep = (
+        "id",
+        "status",
+        "priority",
+        "total_rows",
+        "total_shards",
+        "rows_done",
+        "shards_done",
+        "progress",
+        "attempts",
+        "error",
+        "created_at",
+        "started_at",
+        "finished_at",
+        "elapsed_s",
+        "rows_per_s",
+        "output",
+        "result",
+        "spec",
+    )
     view = {k: job.get(k) for k in keep}
     view["status_url"] = str(request.url_for("get_job", job_id=job["id"]))
     if job.get("existing"):
@@ -152,7 +181,7 @@ def _grid_png(images: np.ndarray, labels: np.ndarray, num_classes: int) -> bytes
         for j, img in enumerate(row):
             big = img.repeat(scale, 0).repeat(scale, 1)
             y, x = i * (h * scale + 2) + 1, j * (w * scale + 2) + 1
-            grid[y:y + h * scale, x:x + w * scale] = big
+            grid[y : y + h * scale, x : x + w * scale] = big
     pil = Image.fromarray(grid[..., 0] if c == 1 else grid)
     buf = io.BytesIO()
     pil.save(buf, format="PNG")
@@ -164,8 +193,14 @@ def _grid_png(images: np.ndarray, labels: np.ndarray, num_classes: int) -> bytes
 class Ingress:
     """HTTP front door: auth, validation, formats; generation goes to the ``Generator`` deployment."""
 
-    def __init__(self, generator: DeploymentHandle, home: str, token_sha256: str | None = None,
-                 inline_cap: int = DEFAULT_INLINE_CAP, queue_options: dict | None = None):
+    def __init__(
+        self,
+        generator: DeploymentHandle,
+        home: str,
+        token_sha256: str | None = None,
+        inline_cap: int = DEFAULT_INLINE_CAP,
+        queue_options: dict | None = None,
+    ):
         from cluster.dispatcher import get_queue
 
         self.generator = generator
@@ -180,7 +215,7 @@ class Ingress:
     def check_token(self, authorization: str | None) -> None:
         if not self.token_sha256:
             return
-        given = (authorization or "")
+        given = authorization or ""
         scheme, _, token = given.partition(" ")
         digest = hashlib.sha256(token.strip().encode()).hexdigest() if scheme.lower() == "bearer" else ""
         if not hmac.compare_digest(digest, self.token_sha256):
@@ -207,16 +242,19 @@ class Ingress:
             checks["registry"] = {"ok": True, "models": len(self.registry.names())}
         except Exception as e:
             checks["registry"] = {"ok": False, "error": str(e)}
-        for name, call in (("queue", lambda: self.queue.counts.remote()),
-                           ("generator", lambda: self.generator.stats.remote())):
+        for name, call in (
+            ("queue", lambda: self.queue.counts.remote()),
+            ("generator", lambda: self.generator.stats.remote()),
+        ):
             try:
                 await asyncio.wait_for(call(), timeout=5)
                 checks[name] = {"ok": True}
             except Exception as e:
                 checks[name] = {"ok": False, "error": f"{type(e).__name__}: {e}"}
         ok = all(c["ok"] for c in checks.values())
-        return JSONResponse({"status": "ready" if ok else "not ready", "checks": checks},
-                            status_code=200 if ok else 503)
+        return JSONResponse(
+            {"status": "ready" if ok else "not ready", "checks": checks}, status_code=200 if ok else 503
+        )
 
     # -------------------------------------------------------------- models
 
@@ -252,7 +290,7 @@ class Ingress:
 
     @api.post("/v1/samples", tags=["samples"])
     async def samples(self, body: SamplesRequest, authorization: str | None = Header(None)) -> Response:
-        """Samples inline as json (base64 PNGs), npz (uint8 images + labels) or png (a grid, a row per class)."""
+        """Samples inline: json (base64 PNGs), npz (uint8 images + labels) or png (a grid, row per class)."""
         self.check_token(authorization)
         try:
             mv = self.registry.resolve(body.model)
@@ -262,34 +300,54 @@ class Ingress:
             raise _classify(e) from None
         total = sum(counts)
         if total > self.inline_cap:
-            raise ApiError(413, "too many samples for an inline request",
-                           f"{total} samples requested; the inline cap is {self.inline_cap}. "
-                           "Submit a job with POST /v1/jobs for larger requests.")
+            raise ApiError(
+                413,
+                "too many samples for an inline request",
+                f"{total} samples requested; the inline cap is {self.inline_cap}. "
+                "Submit a job with POST /v1/jobs for larger requests.",
+            )
         labels = np.repeat(np.arange(len(classes)), counts)
-        images = await self._call(self.generator.sample.remote(mv.ref, labels.tolist(), body.seed, body.temperature))
+        images = await self._call(
+            self.generator.sample.remote(mv.ref, labels.tolist(), body.seed, body.temperature)
+        )
         headers = {"X-Genaug-Model": mv.ref}
         if body.format == "npz":
             buf = io.BytesIO()
-            np.savez(buf, images=images, labels=labels.astype(np.int64), label_names=np.array(classes)[labels])
-            return Response(buf.getvalue(), media_type="application/octet-stream",
-                            headers={**headers, "Content-Disposition": 'attachment; filename="samples.npz"'})
+            np.savez(
+                buf, images=images, labels=labels.astype(np.int64), label_names=np.array(classes)[labels]
+            )
+            return Response(
+                buf.getvalue(),
+                media_type="application/octet-stream",
+                headers={**headers, "Content-Disposition": 'attachment; filename="samples.npz"'},
+            )
         if body.format == "png":
             return Response(_grid_png(images, labels, len(classes)), media_type="image/png", headers=headers)
         from jobs.shards import encode_pngs
 
         pngs = encode_pngs(images)
-        return JSONResponse({
-            "model": mv.ref,
-            "count": int(total),
-            "samples": [{"label": int(y), "label_name": classes[int(y)], "png": base64.b64encode(p).decode()}
-                        for y, p in zip(labels, pngs)],
-        }, headers=headers)
+        return JSONResponse(
+            {
+                "model": mv.ref,
+                "count": int(total),
+                "samples": [
+                    {"label": int(y), "label_name": classes[int(y)], "png": base64.b64encode(p).decode()}
+                    for y, p in zip(labels, pngs, strict=False)
+                ],
+            },
+            headers=headers,
+        )
 
     # -------------------------------------------------------------- jobs
 
     @api.post("/v1/jobs", status_code=202, tags=["jobs"])
-    async def submit_job(self, body: JobRequest, request: Request, authorization: str | None = Header(None),
-                         idempotency_key: str | None = Header(None, max_length=200)) -> JSONResponse:
+    async def submit_job(
+        self,
+        body: JobRequest,
+        request: Request,
+        authorization: str | None = Header(None),
+        idempotency_key: str | None = Header(None, max_length=200),
+    ) -> JSONResponse:
         """Queue a generation job; 202 with its id. ``Idempotency-Key`` makes retries return the same job."""
         self.check_token(authorization)
         req = body.model_dump(exclude_none=True)
@@ -297,8 +355,13 @@ class Ingress:
         return JSONResponse(_job_view(job, request), status_code=200 if job.get("existing") else 202)
 
     @api.get("/v1/jobs", tags=["jobs"])
-    async def list_jobs(self, request: Request, status: str | None = Query(None),
-                        limit: int = Query(100, ge=1, le=1000), authorization: str | None = Header(None)) -> dict:
+    async def list_jobs(
+        self,
+        request: Request,
+        status: str | None = Query(None),
+        limit: int = Query(100, ge=1, le=1000),
+        authorization: str | None = Header(None),
+    ) -> dict:
         """Jobs, newest first; ``status`` filters (queued, running, succeeded, failed, cancelled)."""
         self.check_token(authorization)
         jobs = await self._call(self.queue.list.remote(status, limit))
@@ -316,11 +379,15 @@ class Ingress:
         self.check_token(authorization)
         job = await self._call(self.queue.get.remote(job_id))
         if job["status"] != "succeeded":
-            raise ApiError(409, "conflict", f"job {job_id} is {job['status']}; the manifest exists once it succeeded")
+            raise ApiError(
+                409, "conflict", f"job {job_id} is {job['status']}; the manifest exists once it succeeded"
+            )
         return read_json(os.path.join(job["output"], "manifest.json"))
 
     @api.delete("/v1/jobs/{job_id}", tags=["jobs"])
-    async def cancel_job(self, job_id: str, request: Request, authorization: str | None = Header(None)) -> dict:
+    async def cancel_job(
+        self, job_id: str, request: Request, authorization: str | None = Header(None)
+    ) -> dict:
         """Cancel a queued or running job (it stops at the next shard boundary)."""
         self.check_token(authorization)
         return _job_view(await self._call(self.queue.cancel.remote(job_id)), request)
@@ -328,7 +395,8 @@ class Ingress:
 
 def build_app(args: dict[str, Any] | None = None) -> serve.Application:
     """Assemble the app. ``args``: home, min_replicas, max_replicas, gpu_per_replica, cpus_per_replica,
-    cache_size, max_batch_size, inline_cap, max_running, max_in_flight, lease_s, max_total_rows. The API token comes from ``GENAUG_API_TOKEN``
+    cache_size, max_batch_size, inline_cap, max_running, max_in_flight, lease_s, max_total_rows.
+    The API token comes from ``GENAUG_API_TOKEN``
     (only its sha256 travels in the deployment's arguments)."""
     args = dict(args or {})
     home = str(resolve_home(args.get("home")))
@@ -350,6 +418,9 @@ def build_app(args: dict[str, Any] | None = None) -> serve.Application:
         health_check_period_s=5,
         graceful_shutdown_timeout_s=5,
     ).bind(home, int(args.get("cache_size", 4)), None, int(args.get("max_batch_size", 32)))
-    queue_options = {k: args[k] for k in ("max_running", "max_in_flight", "lease_s", "max_total_rows") if k in args}
-    return Ingress.bind(generator, home, token_sha256, int(args.get("inline_cap", DEFAULT_INLINE_CAP)),
-                        queue_options)
+    queue_options = {
+        k: args[k] for k in ("max_running", "max_in_flight", "lease_s", "max_total_rows") if k in args
+    }
+    return Ingress.bind(
+        generator, home, token_sha256, int(args.get("inline_cap", DEFAULT_INLINE_CAP)), queue_options
+    )

@@ -31,8 +31,13 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def deploy(home: str | None = None, host: str = "127.0.0.1", port: int = 8000,
-           app_args: dict[str, Any] | None = None, timeout_s: float = 120.0) -> str:
+def deploy(
+    home: str | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    app_args: dict[str, Any] | None = None,
+    timeout_s: float = 120.0,
+) -> str:
     """Start Serve's HTTP proxy on ``host:port`` and deploy the app (Ray must be up); return the URL.
 
     When Serve already runs in this Ray (e.g. ``serve deploy`` earlier), its proxy keeps its own
@@ -45,7 +50,9 @@ def deploy(home: str | None = None, host: str = "127.0.0.1", port: int = 8000,
     logging.getLogger("ray.serve").setLevel(logging.WARNING)  # serve.start installs its own INFO handler
     http = _get_global_client().http_config
     host, port = http.host, http.port
-    serve.run(build_app({"home": str(resolve_home(home)), **(app_args or {})}), name=APP_NAME, route_prefix="/")
+    serve.run(
+        build_app({"home": str(resolve_home(home)), **(app_args or {})}), name=APP_NAME, route_prefix="/"
+    )
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
     wait_ready(url, timeout_s)
     return url
@@ -80,8 +87,12 @@ def undeploy() -> None:
 
 
 @contextlib.contextmanager
-def local_service(home: str | None = None, host: str = "127.0.0.1", port: int | None = None,
-                  app_args: dict[str, Any] | None = None) -> Iterator[str]:
+def local_service(
+    home: str | None = None,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    app_args: dict[str, Any] | None = None,
+) -> Iterator[str]:
     """``with local_service(home) as url:`` - the embedded default, torn down on exit."""
     from jobs.rayinit import ray_session
 

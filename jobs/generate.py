@@ -78,22 +78,25 @@ class JobSpec:
         return cls(**{**d, "classes": tuple(d["classes"]), "counts": tuple(d["counts"])})
 
 
-def parse_counts(per_class: int | None, counts: Mapping[str, Any] | str | None,
-                 classes: Sequence[str]) -> tuple[int, ...]:
+def parse_counts(
+    per_class: int | None, counts: Mapping[str, Any] | str | None, classes: Sequence[str]
+) -> tuple[int, ...]:
     """Rows per class index from ``per_class`` (all classes) or a map keyed by class index or name.
 
     ``counts`` may be a dict (``{"0": 500, "seven": 2000}``) or the CLI form ``"0=500,7=2000"``.
     """
     valid = f"0..{len(classes) - 1} or " + ", ".join(classes[:12]) + (", ..." if len(classes) > 12 else "")
     if (per_class is None) == (counts is None):
-        raise ValueError("give exactly one of per_class (rows for every class) or counts (a map class -> rows)")
+        raise ValueError(
+            "give exactly one of per_class (rows for every class) or counts (a map class -> rows)"
+        )
     if per_class is not None:
         n = _positive_int(per_class, "per_class")
         return tuple([n] * len(classes))
     if isinstance(counts, str):
         counts = parse_counts_arg(counts)
     if not isinstance(counts, Mapping) or not counts:
-        raise ValueError("counts must be a non-empty map class -> rows, e.g. {\"0\": 500, \"7\": 2000}")
+        raise ValueError('counts must be a non-empty map class -> rows, e.g. {"0": 500, "7": 2000}')
     out = [0] * len(classes)
     for key, value in counts.items():
         idx = class_index(key, classes)
@@ -142,16 +145,33 @@ def _positive_int(value: Any, what: str) -> int:
     return n
 
 
-def validate_request(req: Mapping[str, Any], home: str | os.PathLike | None = None, *, job_id: str,
-                     max_total_rows: int = MAX_TOTAL_ROWS, allow_existing: bool = False) -> JobSpec:
+def validate_request(
+    req: Mapping[str, Any],
+    home: str | os.PathLike | None = None,
+    *,
+    job_id: str,
+    max_total_rows: int = MAX_TOTAL_ROWS,
+    allow_existing: bool = False,
+) -> JobSpec:
     """Check a generation request before anything is written; raise ``ValueError`` naming the bad value.
 
     Keys: ``model`` (``NAME[:VERSION]``), ``per_class`` or ``counts``, ``seed``, ``out``/``output``,
     ``shard_rows``, ``temperature``, ``priority``, ``filter``.
     """
     home = resolve_home(home)
-    known = {"model", "per_class", "counts", "seed", "out", "output", "shard_rows", "temperature",
-             "priority", "filter", "idempotency_key"}
+    known = {
+        "model",
+        "per_class",
+        "counts",
+        "seed",
+        "out",
+        "output",
+        "shard_rows",
+        "temperature",
+        "priority",
+        "filter",
+        "idempotency_key",
+    }
     unknown = sorted(set(req) - known)
     if unknown:
         raise ValueError(f"unknown request field(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
@@ -177,10 +197,15 @@ def validate_request(req: Mapping[str, Any], home: str | os.PathLike | None = No
     temperature = req.get("temperature", 1.0)
     if temperature is None:
         temperature = 1.0
-    if isinstance(temperature, bool) or not isinstance(temperature, int | float) or not (
-            TEMPERATURE_RANGE[0] <= temperature <= TEMPERATURE_RANGE[1]):
-        raise ValueError(f"temperature must be a number in {TEMPERATURE_RANGE[0]}..{TEMPERATURE_RANGE[1]}, "
-                         f"got {temperature!r}")
+    if (
+        isinstance(temperature, bool)
+        or not isinstance(temperature, int | float)
+        or not (TEMPERATURE_RANGE[0] <= temperature <= TEMPERATURE_RANGE[1])
+    ):
+        raise ValueError(
+            f"temperature must be a number in {TEMPERATURE_RANGE[0]}..{TEMPERATURE_RANGE[1]}, "
+            f"got {temperature!r}"
+        )
     priority = req.get("priority", 0) or 0
     if isinstance(priority, bool) or not isinstance(priority, int) or not -1000 <= priority <= 1000:
         raise ValueError(f"priority must be an integer in -1000..1000, got {priority!r}")
@@ -191,8 +216,17 @@ def validate_request(req: Mapping[str, Any], home: str | os.PathLike | None = No
     output = confine(home, out)
     if output.exists() and (not output.is_dir() or (any(output.iterdir()) and not allow_existing)):
         raise ValueError(f"output {str(out)!r} already exists and is not empty; choose a new path")
-    return JobSpec(model=mv.ref, classes=classes, counts=counts, seed=seed, shard_rows=shard_rows,
-                   output=str(output), temperature=float(temperature), priority=priority, filter=filt)
+    return JobSpec(
+        model=mv.ref,
+        classes=classes,
+        counts=counts,
+        seed=seed,
+        shard_rows=shard_rows,
+        output=str(output),
+        temperature=float(temperature),
+        priority=priority,
+        filter=filt,
+    )
 
 
 def new_job_id() -> str:
@@ -219,13 +253,26 @@ class ShardTask:
 
     @classmethod
     def of(cls, spec: JobSpec, job_id: str, shard: int) -> ShardTask:
-        return cls(job_id=job_id, model=spec.model, shard=shard, num_shards=spec.num_shards,
-                   class_counts=tuple(int(c) for c in shards.shard_class_counts(spec.counts, spec.shard_rows, shard)),
-                   seed=shards.shard_seed(spec.seed, shard), temperature=spec.temperature, output=spec.output,
-                   classes=spec.classes)
+        return cls(
+            job_id=job_id,
+            model=spec.model,
+            shard=shard,
+            num_shards=spec.num_shards,
+            class_counts=tuple(
+                int(c) for c in shards.shard_class_counts(spec.counts, spec.shard_rows, shard)
+            ),
+            seed=shards.shard_seed(spec.seed, shard),
+            temperature=spec.temperature,
+            output=spec.output,
+            classes=spec.classes,
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "class_counts": list(self.class_counts), "classes": list(self.classes)}
+        return {
+            **dataclasses.asdict(self),
+            "class_counts": list(self.class_counts),
+            "classes": list(self.classes),
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ShardTask:
@@ -233,15 +280,20 @@ class ShardTask:
 
 
 def draw_noise(n: int, dim: int, seed: int, chunk: int = GEN_CHUNK) -> torch.Tensor:
-    """(n, dim) standard normal noise from a CPU generator seeded with ``seed``, drawn ``chunk`` rows at a time."""
+    """(n, dim) standard normal noise from a CPU generator seeded with ``seed``, ``chunk`` rows at a time."""
     g = torch.Generator().manual_seed(int(seed))
     parts = [torch.randn(min(chunk, n - i), dim, generator=g) for i in range(0, n, chunk)]
     return torch.cat(parts) if parts else torch.zeros(0, dim)  # (n, dim)
 
 
 @torch.no_grad()
-def generate_many_uint8(model: torch.nn.Module, labels: Sequence[np.ndarray], seeds: Sequence[int],
-                        temperature: float = 1.0, chunk: int = GEN_CHUNK) -> list[np.ndarray]:
+def generate_many_uint8(
+    model: torch.nn.Module,
+    labels: Sequence[np.ndarray],
+    seeds: Sequence[int],
+    temperature: float = 1.0,
+    chunk: int = GEN_CHUNK,
+) -> list[np.ndarray]:
     """Samples for several requests at once, as uint8 (N_i, H, W, C) each.
 
     Request i's noise comes only from ``seeds[i]``, so its pixels do not depend on what it was batched
@@ -249,17 +301,24 @@ def generate_many_uint8(model: torch.nn.Module, labels: Sequence[np.ndarray], se
     """
     device = next(model.parameters()).device
     y = torch.as_tensor(np.concatenate([np.asarray(lb, np.int64) for lb in labels]))  # (N,)
-    noise = torch.cat([draw_noise(len(lb), model.noise_dim, s, chunk) for lb, s in zip(labels, seeds)])
+    noise = torch.cat(
+        [draw_noise(len(lb), model.noise_dim, s, chunk) for lb, s in zip(labels, seeds, strict=False)]
+    )
     out = []
     for start in range(0, len(y), chunk):
-        imgs = model.sample(y[start:start + chunk].to(device), temperature=temperature,
-                            noise=noise[start:start + chunk].to(device))  # (n, C, H, W)
+        imgs = model.sample(
+            y[start : start + chunk].to(device),
+            temperature=temperature,
+            noise=noise[start : start + chunk].to(device),
+        )  # (n, C, H, W)
         out.append(denormalize_uint8(imgs))
     images = np.concatenate(out) if out else np.zeros((0, 1, 1, 1), np.uint8)  # (N, H, W, C)
     return np.split(images, np.cumsum([len(lb) for lb in labels])[:-1])
 
 
-def generate_uint8(model: torch.nn.Module, labels: np.ndarray, seed: int, temperature: float = 1.0) -> np.ndarray:
+def generate_uint8(
+    model: torch.nn.Module, labels: np.ndarray, seed: int, temperature: float = 1.0
+) -> np.ndarray:
     """Samples for ``labels`` as uint8 (N, H, W, C); the same (labels, seed) always give the same pixels."""
     return generate_many_uint8(model, [labels], [seed], temperature)[0]
 
@@ -269,8 +328,17 @@ def run_shard(model: torch.nn.Module, task: ShardTask, *, filesystem=None) -> di
     labels = shards.shard_labels(np.asarray(task.class_counts), task.seed)
     images = generate_uint8(model, labels, task.seed, task.temperature)
     pngs = shards.encode_pngs(images)
-    return shards.write_shard(task.output, task.shard, task.num_shards, pngs, labels, task.classes,
-                              task.model, task.seed, filesystem=filesystem)
+    return shards.write_shard(
+        task.output,
+        task.shard,
+        task.num_shards,
+        pngs,
+        labels,
+        task.classes,
+        task.model,
+        task.seed,
+        filesystem=filesystem,
+    )
 
 
 def lineage(mv: ModelVersion) -> dict[str, Any]:
@@ -290,8 +358,13 @@ def lineage(mv: ModelVersion) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- standalone Ray job
 
 
-def run_job_with_ray_tasks(spec: JobSpec, job_id: str, home: str | os.PathLike | None = None,
-                           max_in_flight: int | None = None, progress=print) -> dict[str, Any]:
+def run_job_with_ray_tasks(
+    spec: JobSpec,
+    job_id: str,
+    home: str | os.PathLike | None = None,
+    max_in_flight: int | None = None,
+    progress=print,
+) -> dict[str, Any]:
     """Generate every missing shard of ``spec`` with Ray tasks, then finalise; return the manifest."""
     import ray
 
@@ -313,9 +386,14 @@ def run_job_with_ray_tasks(spec: JobSpec, job_id: str, home: str | os.PathLike |
             info = ray.get(ref)
             done[int(info["shard"])] = info
             progress(f"shard {info['shard'] + 1}/{spec.num_shards} committed ({len(done)}/{spec.num_shards})")
-    return shards.finalize_dataset(spec.output, {"job_id": job_id, **spec.to_dict()}, lineage(mv),
-                                   [done[k] for k in sorted(done)], spec.classes,
-                                   duration_s=time.perf_counter() - started)
+    return shards.finalize_dataset(
+        spec.output,
+        {"job_id": job_id, **spec.to_dict()},
+        lineage(mv),
+        [done[k] for k in sorted(done)],
+        spec.classes,
+        duration_s=time.perf_counter() - started,
+    )
 
 
 def _existing_shards(spec: JobSpec) -> list[dict[str, Any]]:
@@ -347,8 +425,11 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m jobs.generate --model NAME[:VER] (--per-class N | --counts 0=500,7=2000) ...``"""
     from jobs.rayinit import ray_session
 
-    p = argparse.ArgumentParser(prog="python -m jobs.generate", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m jobs.generate",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--home", default=None, help="storage root (default $GENAUG_HOME or ./genaug-data)")
     p.add_argument("--job-id", default=None, help="job id; rerun with the same id to resume (default: new)")
     add_request_arguments(p)
@@ -370,13 +451,23 @@ def main(argv: list[str] | None = None) -> int:
 
 def add_request_arguments(p: argparse.ArgumentParser) -> None:
     """Flags shared by ``genaug generate`` and ``python -m jobs.generate``."""
-    p.add_argument("--model", required=True, help="NAME[:VERSION] of a registered model (latest if no version)")
+    p.add_argument(
+        "--model", required=True, help="NAME[:VERSION] of a registered model (latest if no version)"
+    )
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--per-class", type=int, help="rows for every class")
-    g.add_argument("--counts", help="rows per class: CLASS=N[,CLASS=N...] by index or name, e.g. 0=500,7=2000")
-    p.add_argument("--out", default=None, help="output directory under the storage root (default datasets/<job-id>)")
-    p.add_argument("--shard-rows", type=int, default=None,
-                   help=f"rows per shard, {SHARD_ROWS_RANGE[0]}..{SHARD_ROWS_RANGE[1]} (default {DEFAULT_SHARD_ROWS})")
+    g.add_argument(
+        "--counts", help="rows per class: CLASS=N[,CLASS=N...] by index or name, e.g. 0=500,7=2000"
+    )
+    p.add_argument(
+        "--out", default=None, help="output directory under the storage root (default datasets/<job-id>)"
+    )
+    p.add_argument(
+        "--shard-rows",
+        type=int,
+        default=None,
+        help=f"rows per shard, {SHARD_ROWS_RANGE[0]}..{SHARD_ROWS_RANGE[1]} (default {DEFAULT_SHARD_ROWS})",
+    )
     p.add_argument("--seed", type=int, default=0, help="job seed (default 0); same seed, same bytes")
     p.add_argument("--temperature", type=float, default=None, help="noise scale, default 1.0")
     p.add_argument("--priority", type=int, default=None, help="higher runs first (default 0)")
@@ -389,8 +480,12 @@ def request_from_args(args: argparse.Namespace) -> dict[str, Any]:
         req["per_class"] = args.per_class
     else:
         req["counts"] = parse_counts_arg(args.counts)
-    for flag, key in (("out", "out"), ("shard_rows", "shard_rows"), ("temperature", "temperature"),
-                      ("priority", "priority")):
+    for flag, key in (
+        ("out", "out"),
+        ("shard_rows", "shard_rows"),
+        ("temperature", "temperature"),
+        ("priority", "priority"),
+    ):
         if getattr(args, flag) is not None:
             req[key] = getattr(args, flag)
     return req

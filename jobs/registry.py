@@ -56,7 +56,9 @@ def _model_json(path: str) -> dict[str, Any]:
 def parse_ref(ref: str) -> tuple[str, int | None]:
     """Split ``NAME[:VERSION]`` (VERSION as ``3`` or ``v3``) into ``(name, version or None)``."""
     if not isinstance(ref, str) or not ref:
-        raise ValueError(f"invalid model reference {ref!r}; valid: NAME or NAME:VERSION (e.g. digits-cgan:v2)")
+        raise ValueError(
+            f"invalid model reference {ref!r}; valid: NAME or NAME:VERSION (e.g. digits-cgan:v2)"
+        )
     name, _, ver = ref.partition(":")
     validate_name(name, "model name")
     if not ver:

@@ -33,9 +33,7 @@ def resolve_home(home: str | os.PathLike | None = None) -> Path:
     if raw.startswith("file://"):
         raw = raw[len("file://") :]
     if "://" in raw:
-        raise ValueError(
-            f"storage root {raw!r} is not a local path; valid: a local directory or file://PATH"
-        )
+        raise ValueError(f"storage root {raw!r} is not a local path; valid: a local directory or file://PATH")
     return Path(raw).expanduser().resolve()
 
 

@@ -95,7 +95,9 @@ class TrainSettings:
 # ----------------------------------------------------------------------------- per-worker loop
 
 
-def global_noise(seed: int, epoch: int, step: int, batch: int, dim: int, rank: int, world: int) -> torch.Tensor:
+def global_noise(
+    seed: int, epoch: int, step: int, batch: int, dim: int, rank: int, world: int
+) -> torch.Tensor:
     """This rank's rows of the noise for one global batch.
 
     The noise is drawn for the whole global batch from a generator seeded by (seed, epoch, step) and
@@ -170,9 +172,12 @@ def train_loop_per_worker(config: dict) -> dict:
         D = rt.prepare_model(model.discriminator, parallel_strategy_kwargs=no_sync)
         model.generator_ema.to(device)
         optimizers = {
-            "generator": torch.optim.Adam(model.generator.parameters(), lr=s.lr, betas=(0.0, 0.9), foreach=True),
-            "discriminator": torch.optim.Adam(model.discriminator.parameters(), lr=s.lr, betas=(0.0, 0.9),
-                                              foreach=True),
+            "generator": torch.optim.Adam(
+                model.generator.parameters(), lr=s.lr, betas=(0.0, 0.9), foreach=True
+            ),
+            "discriminator": torch.optim.Adam(
+                model.discriminator.parameters(), lr=s.lr, betas=(0.0, 0.9), foreach=True
+            ),
         }
 
     start_epoch, history, starts = 0, [], []
@@ -265,7 +270,9 @@ def _model_config(s: TrainSettings, ds) -> dict[str, Any]:
     return cfg
 
 
-def _report_with_checkpoint(model, optimizers, epoch, history, starts, ds, s: TrainSettings, rank: int) -> None:
+def _report_with_checkpoint(
+    model, optimizers, epoch, history, starts, ds, s: TrainSettings, rank: int
+) -> None:
     """Every rank reports (it is a barrier); rank 0 attaches a checkpoint directory."""
     import ray.train
 
@@ -303,8 +310,14 @@ def run_dir_for(home: Path, name: str) -> Path:
     return home / "runs" / validate_name(name, "model name")
 
 
-def train(settings: TrainSettings, home: str | os.PathLike | None = None, *, resume: bool = False,
-          max_failures: int = 2, quiet: bool = False) -> dict[str, Any]:
+def train(
+    settings: TrainSettings,
+    home: str | os.PathLike | None = None,
+    *,
+    resume: bool = False,
+    max_failures: int = 2,
+    quiet: bool = False,
+) -> dict[str, Any]:
     """Run training on Ray (which must be initialised) and register the result; return ``model.json``."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -368,8 +381,9 @@ def train(settings: TrainSettings, home: str | os.PathLike | None = None, *, res
     return info
 
 
-def register_checkpoint(home: Path, s: TrainSettings, ckpt_dir: Path, run_id: str, train_time: float,
-                        return_value: dict) -> dict[str, Any]:
+def register_checkpoint(
+    home: Path, s: TrainSettings, ckpt_dir: Path, run_id: str, train_time: float, return_value: dict
+) -> dict[str, Any]:
     """Publish the final checkpoint as the next version of ``s.name`` with model.json and samples.png."""
     loaded = load_checkpoint(ckpt_dir)
     state = torch.load(ckpt_dir / TRAIN_STATE, map_location="cpu", weights_only=True)
@@ -408,8 +422,9 @@ def register_checkpoint(home: Path, s: TrainSettings, ckpt_dir: Path, run_id: st
     return Registry(home).register(s.name, fill).info
 
 
-def render_class_grid(model: torch.nn.Module, num_classes: int, path: Path, per_class: int = 10,
-                      seed: int = 0) -> None:
+def render_class_grid(
+    model: torch.nn.Module, num_classes: int, path: Path, per_class: int = 10, seed: int = 0
+) -> None:
     """Write a PNG grid with one row per class (``per_class`` samples each) to ``path``."""
     from torchvision.utils import save_image
 
@@ -446,8 +461,10 @@ class _Progress:
             return
         losses = "  ".join(f"{k} {v:.4f}" for k, v in m.items() if k not in ("epoch", "images_per_s"))
         width = len(str(self.s.epochs))
-        line = (f"[{self.s.name}] epoch {m['epoch']:>{width}}/{self.s.epochs}  {losses}  "
-                f"{m['images_per_s']:,.0f} img/s")
+        line = (
+            f"[{self.s.name}] epoch {m['epoch']:>{width}}/{self.s.epochs}  {losses}  "
+            f"{m['images_per_s']:,.0f} img/s"
+        )
         if self.tty:
             print("\r" + line.ljust(len(self.last)), end="", flush=True)
         elif m["epoch"] % self.every == 0 or m["epoch"] == self.s.epochs or m["epoch"] == 1:
@@ -475,10 +492,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue the latest interrupted run of --name")
     p.add_argument("--seed", type=int, default=0, help="seed for init, data order and noise (default 0)")
     p.add_argument("--image-size", type=int, default=None, help="resize the dataset to this square size")
-    p.add_argument("--checkpoint-every", type=int, default=0, help="epochs between checkpoints (default: per model)")
-    p.add_argument("--model-config", default=None,
-                   help='JSON overrides of the model config, e.g. \'{"hidden": 512}\'')
-    p.add_argument("--max-failures", type=int, default=2, help="worker failures tolerated per run (default 2)")
+    p.add_argument(
+        "--checkpoint-every", type=int, default=0, help="epochs between checkpoints (default: per model)"
+    )
+    p.add_argument(
+        "--model-config", default=None, help="JSON overrides of the model config, e.g. '{\"hidden\": 512}'"
+    )
+    p.add_argument(
+        "--max-failures", type=int, default=2, help="worker failures tolerated per run (default 2)"
+    )
 
 
 def settings_from_args(args: argparse.Namespace) -> TrainSettings:
@@ -487,13 +509,24 @@ def settings_from_args(args: argparse.Namespace) -> TrainSettings:
         try:
             overrides = json.loads(args.model_config)
         except json.JSONDecodeError as e:
-            raise ValueError(f"--model-config is not valid JSON ({e}); example: '{{\"hidden\": 512}}'") from None
+            raise ValueError(
+                f"--model-config is not valid JSON ({e}); example: '{{\"hidden\": 512}}'"
+            ) from None
         if not isinstance(overrides, dict):
             raise ValueError("--model-config must be a JSON object, e.g. '{\"hidden\": 512}'")
     return TrainSettings(
-        model=args.model, dataset=args.dataset, name=args.name, epochs=args.epochs, batch_size=args.batch_size,
-        lr=args.lr, workers=args.workers, gpu=args.gpu, seed=args.seed, image_size=args.image_size,
-        checkpoint_every=args.checkpoint_every, model_config=overrides,
+        model=args.model,
+        dataset=args.dataset,
+        name=args.name,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        workers=args.workers,
+        gpu=args.gpu,
+        seed=args.seed,
+        image_size=args.image_size,
+        checkpoint_every=args.checkpoint_every,
+        model_config=overrides,
     )
 
 
@@ -506,17 +539,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ds = load_dataset(settings.dataset, "train", settings.image_size)
         build_model(settings.model, _model_config(settings, ds))
     with ray_session():
-        info = train(settings, getattr(args, "home", None), resume=args.resume, max_failures=args.max_failures)
-    print(f"registered {info['ref']}  ({info['type']}, {info['epochs']} epochs, {info['train_time_s']:.0f} s, "
-          f"{info['images_per_s']:,.0f} img/s)")
-    print(f"  samples: {resolve_home(getattr(args, 'home', None)) / 'models' / info['name'] / ('v%d' % info['version']) / 'samples.png'}")
+        info = train(
+            settings, getattr(args, "home", None), resume=args.resume, max_failures=args.max_failures
+        )
+    print(
+        f"registered {info['ref']}  ({info['type']}, {info['epochs']} epochs, {info['train_time_s']:.0f} s, "
+        f"{info['images_per_s']:,.0f} img/s)"
+    )
+    version_dir = resolve_home(getattr(args, "home", None)) / "models" / info["name"] / f"v{info['version']}"
+    print(f"  samples: {version_dir / 'samples.png'}")
     return info
 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m jobs.train ...`` (the same flags as ``genaug train``)."""
-    p = argparse.ArgumentParser(prog="python -m jobs.train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m jobs.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--home", default=None, help="storage root (default $GENAUG_HOME or ./genaug-data)")
     add_arguments(p)
     args = p.parse_args(argv)

@@ -52,13 +52,23 @@ def register_untrained(home: Path, name: str, kind: str = "cgan", seed: int = 0,
     cfg = {"image_size": 8, "channels": 1, "num_classes": 10, **config}
     model = build_model(kind, cfg)
     classes = [str(i) for i in range(cfg["num_classes"])]
-    data = {"spec": "digits", "fingerprint": "untrained-test-model", "image_shape": [cfg["channels"],
-            cfg["image_size"], cfg["image_size"]]}
+    data = {
+        "spec": "digits",
+        "fingerprint": "untrained-test-model",
+        "image_shape": [cfg["channels"], cfg["image_size"], cfg["image_size"]],
+    }
 
     def fill(tmp: Path) -> dict:
         save_checkpoint(model, tmp, classes=classes, data=data)
-        return {"type": kind, "dataset": "digits", "data": data, "classes": classes,
-                "image_shape": data["image_shape"], "epochs": 0, "checkpoint_sha256": checkpoint_hash(tmp)}
+        return {
+            "type": kind,
+            "dataset": "digits",
+            "data": data,
+            "classes": classes,
+            "image_shape": data["image_shape"],
+            "epochs": 0,
+            "checkpoint_sha256": checkpoint_hash(tmp),
+        }
 
     return Registry(home).register(name, fill).ref
 

@@ -25,7 +25,9 @@ def secured(ray_local, model_home):
     undeploy()
 
 
-def status_of(url: str, method: str = "GET", token: str | None = None, body: dict | None = None) -> tuple[int, dict]:
+def status_of(
+    url: str, method: str = "GET", token: str | None = None, body: dict | None = None
+) -> tuple[int, dict]:
     headers = {"Content-Type": "application/json"}
     if token is not None:
         headers["Authorization"] = f"Bearer {token}"
@@ -71,7 +73,9 @@ def test_cli_generate_and_jobs_through_the_service(secured, monkeypatch, capsys)
     url, home = secured
     monkeypatch.setenv("GENAUG_URL", url)
     monkeypatch.setenv("GENAUG_API_TOKEN", TOKEN)
-    assert cli(["generate", "--model", "tiny-cgan", "--counts", "2=7,5=3", "--shard-rows", "4", "--wait"]) == 0
+    assert (
+        cli(["generate", "--model", "tiny-cgan", "--counts", "2=7,5=3", "--shard-rows", "4", "--wait"]) == 0
+    )
     out = capsys.readouterr().out.splitlines()
     job_id = out[0].strip()
     assert job_id.startswith("j-")
@@ -104,7 +108,10 @@ def test_serve_refuses_public_host_without_token(monkeypatch, capsys):
 
 def test_embedded_generate_then_local_jobs_list(ray_local, model_home, monkeypatch, capsys):
     monkeypatch.delenv("GENAUG_URL", raising=False)
-    assert cli(["generate", "--home", str(model_home), "--model", "tiny-cvae", "--per-class", "2", "--wait"]) == 0
+    assert (
+        cli(["generate", "--home", str(model_home), "--model", "tiny-cvae", "--per-class", "2", "--wait"])
+        == 0
+    )
     out = capsys.readouterr().out
     job_id = out.splitlines()[0]
     assert "per class: 0=2, 1=2" in out

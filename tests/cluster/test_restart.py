@@ -1,4 +1,4 @@
-"""A job left unfinished by an interrupted CLI (its whole local Ray gone) resumes the next time the queue runs."""
+"""A job left unfinished by an interrupted CLI (its local Ray gone) resumes when the queue runs again."""
 
 from __future__ import annotations
 
@@ -23,15 +23,22 @@ def genaug(home: Path, *args: str, **kw) -> subprocess.Popen:
     env = {**os.environ, "GENAUG_HOME": str(home)}
     env.pop("GENAUG_URL", None)
     env.pop("RAY_ADDRESS", None)
-    return subprocess.Popen([sys.executable, "-m", "cluster.cli", *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "cluster.cli", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kw,
+    )
 
 
 def test_interrupted_cli_job_resumes_with_exact_counts(home):
     register_untrained(home, "tiny-cgan", "cgan")
     store_path = home / "state" / "queue.sqlite"
-    proc = genaug(home, "generate", "--model", "tiny-cgan", "--per-class", "6000", "--shard-rows", "500",
-                  "--wait")
+    proc = genaug(
+        home, "generate", "--model", "tiny-cgan", "--per-class", "6000", "--shard-rows", "500", "--wait"
+    )
     job_id, deadline = None, time.time() + 180
     while time.time() < deadline:  # wait until the job is running with some shards committed
         if store_path.exists():

@@ -35,8 +35,12 @@ def service(ray_local, model_home):
 
 def post(client: Client, path: str, raw: bytes, headers: dict | None = None) -> tuple[int, dict]:
     """POST raw bytes; return (status, parsed JSON body)."""
-    req = urllib.request.Request(client.url + path, data=raw, method="POST",
-                                 headers={"Content-Type": "application/json", **(headers or {})})
+    req = urllib.request.Request(
+        client.url + path,
+        data=raw,
+        method="POST",
+        headers={"Content-Type": "application/json", **(headers or {})},
+    )
     try:
         with urllib.request.urlopen(req, timeout=30) as r:
             return r.status, json.loads(r.read())
@@ -61,19 +65,24 @@ def test_health_and_models(service):
 
 def test_samples_formats_counts_and_determinism(service):
     client, _ = service
-    body = client.samples({"model": "tiny-cgan", "counts": {"3": 2, "7": 3},
-                           "seed": 5})
+    body = client.samples({"model": "tiny-cgan", "counts": {"3": 2, "7": 3}, "seed": 5})
     assert body["model"] == "tiny-cgan:v1" and body["count"] == 5
     assert [s["label"] for s in body["samples"]] == [3, 3, 7, 7, 7]
     assert [s["label_name"] for s in body["samples"]] == ["3", "3", "7", "7", "7"]
     img = Image.open(io.BytesIO(base64.b64decode(body["samples"][0]["png"])))
     assert img.size == (8, 8) and img.mode == "L"
 
-    npz = np.load(io.BytesIO(client.samples({"model": "tiny-cvae", "per_class": 4, "seed": 1, "format": "npz"})))
+    npz = np.load(
+        io.BytesIO(client.samples({"model": "tiny-cvae", "per_class": 4, "seed": 1, "format": "npz"}))
+    )
     assert npz["images"].shape == (40, 8, 8, 1) and npz["images"].dtype == np.uint8
     assert np.array_equal(npz["labels"], np.repeat(np.arange(10), 4))
-    again = np.load(io.BytesIO(client.samples({"model": "tiny-cvae", "per_class": 4, "seed": 1, "format": "npz"})))
-    other = np.load(io.BytesIO(client.samples({"model": "tiny-cvae", "per_class": 4, "seed": 2, "format": "npz"})))
+    again = np.load(
+        io.BytesIO(client.samples({"model": "tiny-cvae", "per_class": 4, "seed": 1, "format": "npz"}))
+    )
+    other = np.load(
+        io.BytesIO(client.samples({"model": "tiny-cvae", "per_class": 4, "seed": 2, "format": "npz"}))
+    )
     assert np.array_equal(npz["images"], again["images"])
     assert not np.array_equal(npz["images"], other["images"])
 
@@ -143,8 +152,9 @@ def read_dataset(output: str):
 
 def test_job_exact_uneven_counts_and_manifest(service):
     client, home = service
-    job = client.submit_job({"model": "tiny-cgan", "counts": {"0": 1, "3": 10001, "9": 250}, "shard_rows": 1000,
-                             "seed": 3})
+    job = client.submit_job(
+        {"model": "tiny-cgan", "counts": {"0": 1, "3": 10001, "9": 250}, "shard_rows": 1000, "seed": 3}
+    )
     assert job["status"] == "queued" and job["status_url"].endswith(f"/v1/jobs/{job['id']}")
     done = wait_job(client, job["id"])
     assert done["status"] == "succeeded", done
@@ -153,7 +163,9 @@ def test_job_exact_uneven_counts_and_manifest(service):
     assert df.label.value_counts().to_dict() == {3: 10001, 9: 250, 0: 1}
     assert df.key.is_unique and len(df) == 10252
     out = Path(done["output"])
-    assert sorted(p.name for p in (out / "data").iterdir()) == [f"train-{i:05d}-of-00011.parquet" for i in range(11)]
+    assert sorted(p.name for p in (out / "data").iterdir()) == [
+        f"train-{i:05d}-of-00011.parquet" for i in range(11)
+    ]
     assert (out / "_SUCCESS").exists() and (out / "README.md").exists()
     manifest = client.manifest(job["id"])
     assert manifest["totals"]["rows"] == 10252 and len(manifest["shards"]) == 11
@@ -163,8 +175,10 @@ def test_job_exact_uneven_counts_and_manifest(service):
 
 def test_same_seed_same_bytes_different_seed_different(service):
     client, _ = service
-    jobs = [client.submit_job({"model": "tiny-cvae", "per_class": 30, "shard_rows": 100, "seed": s})
-            for s in (7, 7, 8)]
+    jobs = [
+        client.submit_job({"model": "tiny-cvae", "per_class": 30, "shard_rows": 100, "seed": s})
+        for s in (7, 7, 8)
+    ]
     outs = [wait_job(client, j["id"]) for j in jobs]
     assert all(o["status"] == "succeeded" for o in outs)
     a, b, c = (read_dataset(o["output"]) for o in outs)

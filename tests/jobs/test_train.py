@@ -24,8 +24,17 @@ def weights(home: Path, ref: str) -> dict[str, torch.Tensor]:
 
 def test_two_workers_average_gradients_like_one_big_batch(ray_local, home):
     """W=2 with batch B/2 each ends where W=1 with batch B ends: DDP averages the gradients."""
-    common = dict(model="cvae", dataset="digits", epochs=2, batch_size=16, lr=1e-2, shuffle=False,
-                  limit_batches=3, model_config=SMALL, checkpoint_every=2)
+    common = dict(
+        model="cvae",
+        dataset="digits",
+        epochs=2,
+        batch_size=16,
+        lr=1e-2,
+        shuffle=False,
+        limit_batches=3,
+        model_config=SMALL,
+        checkpoint_every=2,
+    )
     train(TrainSettings(name="one", workers=1, **common), home, quiet=True)
     train(TrainSettings(name="two", workers=2, **common), home, quiet=True)
     a, b = weights(home, "one"), weights(home, "two")
@@ -39,16 +48,41 @@ def test_two_workers_average_gradients_like_one_big_batch(ray_local, home):
 
 
 def test_two_worker_gan_ranks_end_identical(ray_local, home):
-    info = train(TrainSettings(model="cgan", dataset="digits", name="gan2", workers=2, epochs=2, batch_size=32,
-                               limit_batches=5, model_config={"g_hidden": 32, "d_hidden": 32}), home, quiet=True)
+    info = train(
+        TrainSettings(
+            model="cgan",
+            dataset="digits",
+            name="gan2",
+            workers=2,
+            epochs=2,
+            batch_size=32,
+            limit_batches=5,
+            model_config={"g_hidden": 32, "d_hidden": 32},
+        ),
+        home,
+        quiet=True,
+    )
     digests = info["rank_state_digests"]
     assert len(digests) == 2 and digests[0] == digests[1]
 
 
 def test_worker_failure_resumes_from_last_checkpoint(ray_local, home):
-    info = train(TrainSettings(model="cvae", dataset="digits", name="flaky", workers=2, epochs=3, batch_size=32,
-                               limit_batches=2, checkpoint_every=1, model_config=SMALL,
-                               inject_failure_at_epoch=2), home, quiet=True)
+    info = train(
+        TrainSettings(
+            model="cvae",
+            dataset="digits",
+            name="flaky",
+            workers=2,
+            epochs=3,
+            batch_size=32,
+            limit_batches=2,
+            checkpoint_every=1,
+            model_config=SMALL,
+            inject_failure_at_epoch=2,
+        ),
+        home,
+        quiet=True,
+    )
     assert info["epochs"] == 3
     assert info["starts"] == [0, 2], info["starts"]  # restarted once, at the epoch after the last checkpoint
     assert (home / "runs" / "flaky" / info["run_id"] / "injected_failure").exists()
@@ -69,8 +103,13 @@ def centroid_fidelity(model) -> float:
 
 @pytest.mark.parametrize("kind", ["cvae", "cgan"])
 def test_loss_goes_down_and_version_registered(ray_local, home, kind):
-    info = train(TrainSettings(model=kind, dataset="digits", name=f"d-{kind}", workers=2, epochs=8,
-                               checkpoint_every=4), home, quiet=True)
+    info = train(
+        TrainSettings(
+            model=kind, dataset="digits", name=f"d-{kind}", workers=2, epochs=8, checkpoint_every=4
+        ),
+        home,
+        quiet=True,
+    )
     hist = json.loads((home / "models" / f"d-{kind}" / "v1" / "history.json").read_text())
     if kind == "cvae":
         assert hist[-1]["loss"] < 0.8 * hist[0]["loss"], hist
@@ -88,18 +127,30 @@ def test_loss_goes_down_and_version_registered(ray_local, home, kind):
         assert (version / name).is_file()
     # a second run registers v2, leaving v1 untouched
     before = (version / "weights.pt").read_bytes()
-    train(TrainSettings(model=kind, dataset="digits", name=f"d-{kind}", workers=1, epochs=1,
-                        limit_batches=1), home, quiet=True)
+    train(
+        TrainSettings(model=kind, dataset="digits", name=f"d-{kind}", workers=1, epochs=1, limit_batches=1),
+        home,
+        quiet=True,
+    )
     assert Registry(home).versions(f"d-{kind}") == [1, 2]
     assert (version / "weights.pt").read_bytes() == before
 
 
 def test_resume_continues_interrupted_run(ray_local, home):
-    s = TrainSettings(model="cvae", dataset="digits", name="res", workers=1, epochs=2, limit_batches=2,
-                      model_config=SMALL, checkpoint_every=1)
+    s = TrainSettings(
+        model="cvae",
+        dataset="digits",
+        name="res",
+        workers=1,
+        epochs=2,
+        limit_batches=2,
+        model_config=SMALL,
+        checkpoint_every=1,
+    )
     train(s, home, quiet=True)
-    info = train(TrainSettings(model="cvae", dataset="digits", name="res", epochs=4), home, resume=True,
-                 quiet=True)
+    info = train(
+        TrainSettings(model="cvae", dataset="digits", name="res", epochs=4), home, resume=True, quiet=True
+    )
     assert info["epochs"] == 4 and info["starts"] == [0, 2]
 
 
@@ -112,8 +163,14 @@ def test_resume_continues_interrupted_run(ray_local, home):
         (["--model", "cgan", "--dataset", "digits", "--image-size", "12", "--name", "x"], "12"),
         (["--model", "cgan", "--dataset", "digits", "--name", "a/b"], "invalid model name 'a/b'"),
         (["--model", "cgan", "--dataset", "digits", "--name", ".."], "invalid model name '..'"),
-        (["--model", "cgan", "--dataset", "digits", "--name", "x", "--batch-size", "3"], "multiple of --workers"),
-        (["--model", "cvae", "--dataset", "digits", "--name", "x", "--model-config", "{\"hiden\": 3}"], "hiden"),
+        (
+            ["--model", "cgan", "--dataset", "digits", "--name", "x", "--batch-size", "3"],
+            "multiple of --workers",
+        ),
+        (
+            ["--model", "cvae", "--dataset", "digits", "--name", "x", "--model-config", '{"hiden": 3}'],
+            "hiden",
+        ),
     ],
 )
 def test_bad_input_is_a_clear_error_and_registers_nothing(home, tmp_path, capsys, argv, needle):
