@@ -1,0 +1,100 @@
+"""``make bench``: every benchmark side by side, written to benchmarks/results.json and RESULTS.md.
+
+    python -m benchmarks.run [--only generation,serving,training,loader] [--quick]
+
+Each row compares genaug with the plainest way to do the same work, measured in the same run: ratios are
+what hold on a noisy 2-core machine; absolute figures count only on a GPU (benchmarks/gpu.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SUITES = ("generation", "serving", "training", "loader")
+
+
+def _rows(suite: str, quick: bool) -> list[dict]:
+    if suite == "generation":
+        from benchmarks import generation
+
+        return [r.to_dict() for r in generation.run(rows=50_000 if quick else 100_000, memory=not quick)]
+    if suite == "serving":
+        from benchmarks import serving
+
+        return [r.to_dict() for r in serving.run(requests=50 if quick else 200)]
+    if suite == "training":
+        from benchmarks import training
+
+        return [r.to_dict() for r in training.run(epochs=5 if quick else 20)]
+    from benchmarks import loader_bench
+
+    return loader_bench.run()
+
+
+def write_results(rows: list[dict], command: str, started: float) -> None:
+    import pyarrow
+    import ray
+    import torch
+
+    (HERE / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
+    lines = [
+        "# Benchmark results",
+        "",
+        f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(started))}",
+        f"- machine: {platform.machine()}, {platform.processor() or 'cpu'}, "
+        f"{__import__('os').cpu_count()} cores, no GPU"
+        if not torch.cuda.is_available()
+        else f"- machine: {torch.cuda.get_device_name(0)}",
+        f"- versions: python {platform.python_version()}, torch {torch.__version__}, ray {ray.__version__}, "
+        f"pyarrow {pyarrow.__version__}",
+        f"- command: `{command}` ({time.time() - started:.0f} s)",
+        "- GPU: not run on a GPU yet (benchmarks/gpu.py) unless a row says so.",
+        "",
+        "| benchmark | genaug | baseline | unit | ratio | target | met | note |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        fmt = lambda v: "" if v is None else (f"{v:,.2f}" if isinstance(v, float) else str(v))  # noqa: E731
+        lines.append(
+            f"| {r['name']} | {fmt(r['genaug'])} | {fmt(r['baseline'])} | {r['unit']} | "
+            f"{fmt(r.get('ratio'))} | {r['target']} | {'yes' if r.get('met') else 'NO'} | "
+            f"{r.get('note', '')} |"
+        )
+    (HERE / "RESULTS.md").write_text("\n".join(lines) + "\n" + _notes())
+
+
+def _notes() -> str:
+    notes = HERE / "NOTES.md"
+    return "\n" + notes.read_text() if notes.exists() else ""
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--only", default=",".join(SUITES), help=f"comma-separated subset of {', '.join(SUITES)}")
+    p.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
+    args = p.parse_args(argv)
+    started = time.time()
+    rows: list[dict] = []
+    for suite in args.only.split(","):
+        if suite not in SUITES:
+            print(f"unknown suite {suite!r}; valid: {', '.join(SUITES)}", file=sys.stderr)
+            return 2
+        print(f"== {suite}", flush=True)
+        rows += _rows(suite, args.quick)
+    write_results(rows, "python -m benchmarks.run " + " ".join(argv or sys.argv[1:]), started)
+    for r in rows:
+        print(
+            f"{r['name']}: {r['genaug']:.2f} vs {r['baseline'] if r['baseline'] is not None else '-'} "
+            f"{r['unit']} ratio={r.get('ratio')} target {r['target']} met={r.get('met')}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

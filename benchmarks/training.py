@@ -1,0 +1,111 @@
+"""Training images/s: Ray Train with 2 workers vs one plain PyTorch process, same model, same global batch.
+
+    python -m benchmarks.training [--epochs 20]
+
+The plain baseline runs the same step functions of ``jobs.train`` in this process (all cores, no DDP,
+no Ray); genaug's figure is the median per-epoch images/s the Ray Train run reports. Target >= 0.85.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks.common import Row
+
+
+def plain_images_per_s(kind: str, epochs: int, batch: int) -> float:
+    """One process, all cores: the same model, data, global batch and optimizer as the trainer."""
+    from torch.utils.data import DataLoader
+
+    from jobs.data import load_dataset
+    from jobs.train import MODEL_DEFAULTS
+    from models.cgan import d_loss, g_loss
+    from models.checkpoint import build_model
+
+    torch.manual_seed(0)
+    ds = load_dataset("digits")
+    model = build_model(kind, {"image_size": 8, "channels": 1, "num_classes": 10})
+    lr = MODEL_DEFAULTS[kind]["lr"]
+    loader = DataLoader(ds, batch_size=batch, shuffle=True, drop_last=True)
+    if kind == "cvae":
+        opt = torch.optim.Adam(model.parameters(), lr=lr, foreach=True)
+    else:
+        G, D = model.generator, model.discriminator
+        og = torch.optim.Adam(G.parameters(), lr=lr, betas=(0.0, 0.9), foreach=True)
+        od = torch.optim.Adam(D.parameters(), lr=lr, betas=(0.0, 0.9), foreach=True)
+    seen, t0 = 0, time.perf_counter()
+    for _ in range(epochs):
+        for x, y in loader:
+            z = torch.randn(len(x), model.noise_dim)
+            if kind == "cvae":
+                out = model(x, y, noise=z)
+                opt.zero_grad()
+                out.loss.backward()
+                opt.step()
+            else:
+                dl = d_loss(G, D, x, y, z, augment=model.config.diffaug)
+                od.zero_grad()
+                dl.loss.backward()
+                od.step()
+                D.requires_grad_(False)
+                gl = g_loss(G, D, y, torch.randn(len(x), model.noise_dim), augment=model.config.diffaug)
+                og.zero_grad()
+                gl.loss.backward()
+                og.step()
+                D.requires_grad_(True)
+                model.update_ema(G)
+            seen += len(x)
+    return seen / (time.perf_counter() - t0)
+
+
+def run(epochs: int = 20) -> list[Row]:
+    from jobs.rayinit import ray_session
+    from jobs.train import MODEL_DEFAULTS, TrainSettings, train
+
+    home = Path(tempfile.mkdtemp(prefix="genaug-bench-"))
+    rows = []
+    with ray_session():
+        for kind in ("cvae", "cgan"):
+            batch = MODEL_DEFAULTS[kind]["batch_size"]
+            info = train(
+                TrainSettings(
+                    model=kind,
+                    dataset="digits",
+                    name=f"bench-{kind}",
+                    workers=2,
+                    epochs=epochs,
+                    checkpoint_every=epochs,
+                ),
+                home,
+                quiet=True,
+            )
+            plain = plain_images_per_s(kind, epochs, batch)
+            rows.append(
+                Row(
+                    f"training images/s, {kind} on digits, Ray Train 2 workers vs 1 plain process",
+                    info["images_per_s"],
+                    plain,
+                    "img/s",
+                    ">= 0.85",
+                    f"global batch {batch}; plain process uses torch threads={torch.get_num_threads()}",
+                )
+            )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--epochs", type=int, default=20)
+    args = p.parse_args(argv)
+    print(json.dumps([r.to_dict() for r in run(args.epochs)], indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
