@@ -47,26 +47,13 @@ def register_default_model(home: Path, kind: str = "cgan", name: str | None = No
     """Register an untrained model with the default digits config (same cost as a trained one)."""
     import torch
 
-    from jobs.registry import Registry
-    from models.checkpoint import build_model, checkpoint_hash, save_checkpoint
+    from jobs.registry import register_model
+    from models.checkpoint import build_model
 
     torch.manual_seed(0)
     model = build_model(kind, {"image_size": 8, "channels": 1, "num_classes": 10})
-    classes = [str(i) for i in range(10)]
     data = {"spec": "digits", "fingerprint": "benchmark", "image_shape": [1, 8, 8]}
-
-    def fill(tmp: Path) -> dict:
-        save_checkpoint(model, tmp, classes=classes, data=data)
-        return {
-            "type": kind,
-            "dataset": "digits",
-            "data": data,
-            "classes": classes,
-            "image_shape": [1, 8, 8],
-            "checkpoint_sha256": checkpoint_hash(tmp),
-        }
-
-    return Registry(home).register(name or f"bench-{kind}", fill).ref
+    return register_model(home, name or f"bench-{kind}", model, [str(i) for i in range(10)], data).ref
 
 
 class PeakRSS:

@@ -135,3 +135,29 @@ class Registry:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return ModelVersion(name, version, folder / f"v{version}")
+
+
+def register_model(
+    home: str | os.PathLike | None,
+    name: str,
+    model: Any,
+    classes: list[str],
+    data: dict[str, Any],
+    **info: Any,
+) -> ModelVersion:
+    """Publish an in-memory model (e.g. freshly built, for tests and benchmarks) as the next version."""
+    from models.checkpoint import checkpoint_hash, model_type_of, save_checkpoint
+
+    def fill(tmp: Path) -> dict[str, Any]:
+        save_checkpoint(model, tmp, classes=classes, data=data)
+        return {
+            "type": model_type_of(model),
+            "dataset": data.get("spec"),
+            "data": data,
+            "classes": list(classes),
+            "image_shape": data.get("image_shape"),
+            "checkpoint_sha256": checkpoint_hash(tmp),
+            **info,
+        }
+
+    return Registry(home).register(name, fill)

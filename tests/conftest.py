@@ -45,32 +45,18 @@ def register_untrained(home: Path, name: str, kind: str = "cgan", seed: int = 0,
     """Register a freshly initialised (untrained) model quickly, without Ray Train; return its ref."""
     import torch
 
-    from jobs.registry import Registry
-    from models.checkpoint import build_model, checkpoint_hash, save_checkpoint
+    from jobs.registry import register_model
+    from models.checkpoint import build_model
 
     torch.manual_seed(seed)
     cfg = {"image_size": 8, "channels": 1, "num_classes": 10, **config}
-    model = build_model(kind, cfg)
-    classes = [str(i) for i in range(cfg["num_classes"])]
     data = {
         "spec": "digits",
-        "fingerprint": "untrained-test-model",
+        "fingerprint": "untrained",
         "image_shape": [cfg["channels"], cfg["image_size"], cfg["image_size"]],
     }
-
-    def fill(tmp: Path) -> dict:
-        save_checkpoint(model, tmp, classes=classes, data=data)
-        return {
-            "type": kind,
-            "dataset": "digits",
-            "data": data,
-            "classes": classes,
-            "image_shape": data["image_shape"],
-            "epochs": 0,
-            "checkpoint_sha256": checkpoint_hash(tmp),
-        }
-
-    return Registry(home).register(name, fill).ref
+    classes = [str(i) for i in range(cfg["num_classes"])]
+    return register_model(home, name, build_model(kind, cfg), classes, data, epochs=0).ref
 
 
 @pytest.fixture(scope="session")
