@@ -229,6 +229,9 @@ class QueueOwner:
         if cancelled:
             await asyncio.to_thread(_remove_unrecorded, spec, set(self.store.committed_shards(job_id)))
             return
+        # every shard is recorded and no call is in flight: temp files left by a replica that died
+        # mid-write are garbage now
+        await asyncio.to_thread(shards.cleanup_temp, spec.output)
         mv = Registry(self.home).resolve(spec.model)
         manifest = await asyncio.to_thread(
             shards.finalize_dataset,

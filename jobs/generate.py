@@ -386,6 +386,7 @@ def run_job_with_ray_tasks(
             info = ray.get(ref)
             done[int(info["shard"])] = info
             progress(f"shard {info['shard'] + 1}/{spec.num_shards} committed ({len(done)}/{spec.num_shards})")
+    shards.cleanup_temp(spec.output)  # left by a task whose worker died mid-write (its retry wrote the shard)
     return shards.finalize_dataset(
         spec.output,
         {"job_id": job_id, **spec.to_dict()},
