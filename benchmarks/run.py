@@ -63,10 +63,14 @@ def write_results(rows: list[dict], command: str, started: float) -> None:
         fmt = lambda v: "" if v is None else (f"{v:,.2f}" if isinstance(v, float) else str(v))  # noqa: E731
         lines.append(
             f"| {r['name']} | {fmt(r['genaug'])} | {fmt(r['baseline'])} | {r['unit']} | "
-            f"{fmt(r.get('ratio'))} | {r['target']} | {'yes' if r.get('met') else 'NO'} | "
+            f"{fmt(r.get('ratio'))} | {r['target']} | {_met(r.get('met'))} | "
             f"{r.get('note', '')} |"
         )
     (HERE / "RESULTS.md").write_text("\n".join(lines) + "\n" + _notes())
+
+
+def _met(met: bool | None) -> str:
+    return "n/a" if met is None else ("yes" if met else "NO")
 
 
 def _notes() -> str:
