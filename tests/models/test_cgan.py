@@ -11,17 +11,9 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from models import CGAN, SUPPORTED_SIZES, CGANConfig, d_loss, diff_augment, g_loss
+from tests.models.conftest import assert_seeded_sampling
 
 CASES = list(itertools.product(SUPPORTED_SIZES, (1, 3), ("mlp", "conv")))
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread; two OpenMP threads on a loaded 2-core box crawl."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny(size: int = 8, channels: int = 1, arch: str = "auto", **kw) -> CGAN:
@@ -75,14 +67,7 @@ def test_shapes_range_and_seeded_sampling(size, channels, arch):
     assert fake.shape == (6, channels, size, size)
     assert fake.min() >= -1 and fake.max() <= 1
     assert model.discriminator(x, y).shape == (6,)
-    labels = torch.tensor([0, 3, 9, 3])
-    a = model.sample(labels, generator=torch.Generator().manual_seed(7))
-    b = model.sample(labels, generator=torch.Generator().manual_seed(7))
-    c = model.sample(labels, generator=torch.Generator().manual_seed(8))
-    assert a.shape == (4, channels, size, size)
-    assert a.min() >= -1 and a.max() <= 1
-    assert torch.equal(a, b)
-    assert not torch.allclose(a, c)
+    assert_seeded_sampling(model, channels, size)
     assert model.noise_dim == 8
 
 

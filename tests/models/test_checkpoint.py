@@ -30,15 +30,6 @@ TINY = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread; two OpenMP threads on a loaded 2-core box crawl."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def trained_tiny(model_type: str, size: int = 8, channels: int = 1):
     """A tiny model whose buffers (BatchNorm stats, spectral-norm vectors, EMA) moved away from init."""
     torch.manual_seed(0)

@@ -8,16 +8,7 @@ import pytest
 import torch
 
 from models import CVAE, SUPPORTED_SIZES, CVAEConfig, base_resolution
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread; two OpenMP threads on a loaded 2-core box crawl."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
+from tests.models.conftest import assert_seeded_sampling
 
 CASES = list(itertools.product(SUPPORTED_SIZES, (1, 3), ("mlp", "conv")))
 
@@ -92,14 +83,7 @@ def test_forward_shapes_range_and_loss_parts(size, channels, arch):
 @pytest.mark.parametrize(("size", "channels", "arch"), CASES)
 def test_sample_shapes_range_and_seeded_determinism(size, channels, arch):
     model = tiny(size, channels, arch)
-    labels = torch.tensor([0, 3, 9, 3])
-    a = model.sample(labels, generator=torch.Generator().manual_seed(7))
-    b = model.sample(labels, generator=torch.Generator().manual_seed(7))
-    c = model.sample(labels, generator=torch.Generator().manual_seed(8))
-    assert a.shape == (4, channels, size, size)
-    assert a.min() >= -1 and a.max() <= 1
-    assert torch.equal(a, b)
-    assert not torch.allclose(a, c)
+    assert_seeded_sampling(model, channels, size)
     assert model.noise_dim == 4
 
 
