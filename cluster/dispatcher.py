@@ -66,6 +66,7 @@ class QueueOwner:
         self.requeued = self.store.requeue_running("queue owner started")
         self._tasks: dict[str, asyncio.Task] = {}
         self._loop_task: asyncio.Task | None = None
+        self._last_heartbeat = 0.0
         self.started_at = time.time()
         with contextlib.suppress(RuntimeError):  # async actors may already run their event loop here
             self._ensure_loop()
@@ -162,11 +163,13 @@ class QueueOwner:
                     if job is None:
                         break
                     self._tasks[job["id"]] = asyncio.get_running_loop().create_task(self._run_job(job))
-                for job_id in list(self._tasks):
-                    try:
-                        self.store.heartbeat(job_id, self.owner)
-                    except (InvalidTransition, JobNotFound):
-                        pass  # cancelled or failed meanwhile; its task notices at the next boundary
+                if time.monotonic() - self._last_heartbeat > self.lease_s / 3:  # each is an fsync'd write
+                    self._last_heartbeat = time.monotonic()
+                    for job_id in list(self._tasks):
+                        try:
+                            self.store.heartbeat(job_id, self.owner)
+                        except (InvalidTransition, JobNotFound):
+                            pass  # cancelled or failed meanwhile; its task notices at the next boundary
             except Exception:  # never let the loop die; the error is in the actor's log
                 log.exception("dispatch loop error")
             await asyncio.sleep(self.poll_s)

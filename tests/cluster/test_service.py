@@ -146,6 +146,15 @@ def wait_job(client: Client, job_id: str, timeout: float = 180) -> dict:
     raise TimeoutError(job)
 
 
+def wait_shards(client: Client, job_id: str, n: int, timeout: float = 60) -> None:
+    """Wait until the job has committed at least ``n`` shards (mid-job, for fault injection)."""
+    deadline = time.time() + timeout
+    while client.job(job_id)["shards_done"] < n:
+        if time.time() > deadline:
+            raise TimeoutError(f"job {job_id} committed fewer than {n} shards in {timeout} s")
+        time.sleep(0.05)
+
+
 def read_dataset(output: str):
     return pq.read_table(Path(output) / "data").to_pandas()
 
@@ -243,9 +252,7 @@ def test_unknown_job_404_and_idempotency(service):
 def test_cancel_mid_job_leaves_only_committed_shards(service):
     client, _ = service
     job = client.submit_job({"model": "tiny-cgan", "per_class": 3000, "shard_rows": 500, "seed": 1})
-    deadline = time.time() + 60
-    while client.job(job["id"])["shards_done"] < 2 and time.time() < deadline:
-        time.sleep(0.1)
+    wait_shards(client, job["id"], 2)
     client.cancel(job["id"])
     time.sleep(3)  # in-flight shards finish and are removed
     final = client.job(job["id"])
@@ -260,9 +267,7 @@ def test_cancel_mid_job_leaves_only_committed_shards(service):
 def test_killed_generator_replica_job_still_exact(service):
     client, _ = service
     job = client.submit_job({"model": "tiny-cgan", "per_class": 2000, "shard_rows": 500, "seed": 9})
-    deadline = time.time() + 60
-    while client.job(job["id"])["shards_done"] < 3 and time.time() < deadline:
-        time.sleep(0.05)
+    wait_shards(client, job["id"], 3)
     pid = client.request("GET", "/v1/stats")["generator"]["pid"]
     os.kill(pid, signal.SIGKILL)
     done = wait_job(client, job["id"], timeout=240)
@@ -281,9 +286,7 @@ def test_killed_queue_owner_comes_back_and_resumes(service):
 
     client, _ = service
     job = client.submit_job({"model": "tiny-cvae", "per_class": 2000, "shard_rows": 500, "seed": 4})
-    deadline = time.time() + 60
-    while client.job(job["id"])["shards_done"] < 2 and time.time() < deadline:
-        time.sleep(0.05)
+    wait_shards(client, job["id"], 2)
     ray.kill(ray.get_actor(QUEUE_ACTOR, namespace=NAMESPACE), no_restart=False)
     done = wait_job(client, job["id"], timeout=240)
     assert done["status"] == "succeeded", done
