@@ -74,8 +74,9 @@ def _met(met: bool | None) -> str:
 
 
 def _notes() -> str:
-    notes = HERE / "NOTES.md"
-    return "\n" + notes.read_text() if notes.exists() else ""
+    """Hand-written sections appended to RESULTS.md: how to read it, and the quality figures."""
+    parts = [HERE / "NOTES.md", HERE / "QUALITY.md"]
+    return "".join("\n" + p.read_text() for p in parts if p.exists())
 
 
 def main(argv: list[str] | None = None) -> int:

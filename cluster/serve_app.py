@@ -101,6 +101,53 @@ api = FastAPI(
 )
 
 
+class _BodyLimit:
+    """ASGI middleware: 413 JSON for a body over ``max_bytes``, by Content-Length or counted as it streams.
+
+    The body (at most ``max_bytes``) is read before the app runs and replayed to it, so the limit also
+    holds for chunked uploads without a Content-Length.
+    """
+
+    def __init__(self, app, max_bytes: int = MAX_BODY_BYTES):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length", b"").strip()
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            return await self._reject(scope, receive, send, f"Content-Length {declared.decode()!r}")
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # client went away: let the app see it
+                return await self.app(scope, _replay([message], receive), send)
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            more = message.get("more_body", False)
+            if size > self.max_bytes:
+                return await self._reject(scope, receive, send, f"at least {size} bytes")
+        body = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+        await self.app(scope, _replay([body], receive), send)
+
+    async def _reject(self, scope, receive, send, what: str) -> None:
+        detail = f"the request body ({what}) is over the limit of {self.max_bytes} bytes"
+        await _error(413, "request too large", detail)(scope, receive, send)
+
+
+def _replay(messages: list[dict], receive):
+    """An ASGI ``receive`` that returns ``messages`` first, then defers to ``receive``."""
+    pending = list(messages)
+
+    async def replay() -> dict:
+        return pending.pop(0) if pending else await receive()
+
+    return replay
+
+
+api.add_middleware(_BodyLimit)
+
+
 @api.exception_handler(ApiError)
 async def _api_error(_: Request, e: ApiError) -> JSONResponse:
     return _error(e.status, e.error, e.detail)
