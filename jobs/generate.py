@@ -493,4 +493,7 @@ def request_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the importable module, not __main__, so Ray pickles its functions by reference.
+    from jobs.generate import main as _main
+
+    sys.exit(_main())

@@ -568,4 +568,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the importable module, not __main__, so Ray pickles its functions by reference.
+    from jobs.train import main as _main
+
+    sys.exit(_main())

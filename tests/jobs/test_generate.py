@@ -132,3 +132,35 @@ def test_standalone_ray_job_exact_and_resumable(ray_local, model_home, capsys):
     assert {p.name: p.read_bytes() for p in (out / "data").iterdir()} == first
     assert shards.verify_dataset(out).ok
     assert "13/13" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_python_dash_m_entry_point_runs_on_ray(model_home):
+    """`python -m jobs.generate` (what `ray job submit` runs): functions must pickle by reference."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "GENAUG_URL")}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jobs.generate",
+            "--home",
+            str(model_home),
+            "--model",
+            "tiny-cvae",
+            "--per-class",
+            "3",
+            "--job-id",
+            "j-dash-m",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    df = pd.read_parquet(Path(model_home) / "datasets" / "j-dash-m" / "data")
+    assert df.label.value_counts().to_dict() == {k: 3 for k in range(10)}
