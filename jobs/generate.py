@@ -210,8 +210,8 @@ def validate_request(
     if isinstance(priority, bool) or not isinstance(priority, int) or not -1000 <= priority <= 1000:
         raise ValueError(f"priority must be an integer in -1000..1000, got {priority!r}")
     filt = req.get("filter")
-    if filt not in (None, "label"):
-        raise ValueError(f"unknown filter {filt!r}; valid: none or 'label'")
+    if filt is not None:  # the classifier-based rejection filter is not built yet: refuse, never ignore
+        raise ValueError(f"filter {filt!r} is not available yet; valid: no filter")
     out = req.get("out") or req.get("output") or f"datasets/{job_id}"
     output = confine(home, out)
     if output.exists() and (not output.is_dir() or (any(output.iterdir()) and not allow_existing)):
