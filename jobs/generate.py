@@ -126,7 +126,7 @@ def class_index(key: Any, classes: Sequence[str]) -> int:
         raise ValueError(f"unknown class {key!r}; valid: {valid}")
     try:
         idx = int(key)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: int(inf)
         raise ValueError(f"unknown class {key!r}; valid: {valid}") from None
     if str(idx) != str(key).strip() and not isinstance(key, int):
         raise ValueError(f"unknown class {key!r}; valid: {valid}")
@@ -138,7 +138,7 @@ def class_index(key: Any, classes: Sequence[str]) -> int:
 def _positive_int(value: Any, what: str) -> int:
     try:
         n = int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: int(inf)
         raise ValueError(f"{what} must be a positive integer, got {value!r}") from None
     if isinstance(value, bool) or isinstance(value, float) and value != n or n < 1:
         raise ValueError(f"{what} must be a positive integer, got {value!r}")

@@ -47,7 +47,7 @@ def init_ray(num_cpus: int | None = None, object_store_memory: int | None = None
     )
     if object_store_memory:
         kwargs["object_store_memory"] = object_store_memory
-    ray.init(**kwargs)
+    ray.init(address="local", **kwargs)  # never join some other Ray that happens to run on this machine
     for name in ("ray", "ray.train", "ray.serve", "ray.data"):
         logging.getLogger(name).setLevel(logging.ERROR)
     return True

@@ -63,7 +63,7 @@ def parse_ref(ref: str) -> tuple[str, int | None]:
     validate_name(name, "model name")
     if not ver:
         return name, None
-    m = re.fullmatch(r"v?(\d+)", ver)
+    m = re.fullmatch(r"v?([0-9]+)", ver)
     if not m or int(m.group(1)) < 1:
         raise ValueError(f"invalid model version {ver!r} in {ref!r}; valid: a positive number like 2 or v2")
     return name, int(m.group(1))

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_HOME = "./genaug-data"
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # fullmatch: `$` would also accept "x\n"
 
 
 def resolve_home(home: str | os.PathLike | None = None) -> Path:
@@ -39,7 +39,7 @@ def resolve_home(home: str | os.PathLike | None = None) -> Path:
 
 def validate_name(name: str, what: str = "name") -> str:
     """Check a model/run/dataset name: 1-64 chars of letters, digits, '.', '_', '-', no '/' or '..'."""
-    if not isinstance(name, str) or not _NAME_RE.match(name) or ".." in name:
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or ".." in name:
         raise ValueError(
             f"invalid {what} {name!r}: use 1-64 characters from A-Z a-z 0-9 . _ - "
             "starting with a letter or digit (no '/', no '..')"
@@ -61,7 +61,13 @@ def confine(root: Path, candidate: str | os.PathLike) -> Path:
     path = Path(raw)
     if not path.is_absolute():
         path = root / path
-    resolved = path.resolve()
+    try:
+        resolved = path.resolve()
+        resolved.exists()  # an over-long name fails here (ENAMETOOLONG), not later in the caller
+    except (OSError, RuntimeError) as e:  # RuntimeError: a symlink loop (Python < 3.13)
+        raise ValueError(
+            f"output {str(candidate)!r} cannot be resolved ({e}); valid: a path under {root}"
+        ) from None
     if resolved != root and root not in resolved.parents:
         raise ValueError(f"output {str(candidate)!r} escapes the storage root {root}; valid: a path under it")
     return resolved

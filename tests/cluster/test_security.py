@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import http.client
 import json
+import math
 import secrets
 import time
 import urllib.parse
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import register_untrained
@@ -222,14 +223,14 @@ JOB_FIELDS = (
 @st.composite
 def bodies(draw, fields: tuple[str, ...]) -> object:
     """A valid request with fields replaced, dropped or added; or random JSON of any shape."""
-    if draw(st.integers(0, 5)) == 0:
+    if draw(st.integers(0, 7)) == 7:  # (hypothesis leans to 0: the common cases sit there)
         return draw(json_like)
-    body = {"model": "good-cgan", "per_class": 1} if draw(st.booleans()) else {}
-    for key in draw(st.lists(st.sampled_from([*fields, "junk"]), unique=True, max_size=4)):
+    body = {"model": "good-cgan", "per_class": 1} if draw(st.integers(0, 3)) < 3 else {}
+    for key in draw(st.lists(st.sampled_from([*fields, "junk"]), unique=True, max_size=3)):
         if key == "junk":
             body[draw(st.text(max_size=8))] = draw(json_like)
         else:
-            body[key] = draw(FIELDS[key] if draw(st.integers(0, 3)) else json_like)
+            body[key] = draw(FIELDS[key] if draw(st.integers(0, 4)) < 4 else json_like)
     if "counts" in body and draw(st.booleans()):
         body.pop("per_class", None)
     return body
@@ -237,11 +238,23 @@ def bodies(draw, fields: tuple[str, ...]) -> object:
 
 @settings(max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(samples=bodies(SAMPLE_FIELDS), job=bodies(JOB_FIELDS))
+@example(samples={"model": "nope", "per_class": 1}, job={"model": "good-cgan:v2", "per_class": 1})
+@example(samples={"model": "good-cgan", "per_class": 5000}, job={"model": "good-cgan", "per_class": 10**6})
+@example(
+    samples={"model": "good-cgan", "counts": {"3": 10**30}}, job={"model": "good-cgan", "per_class": -(2**70)}
+)
+@example(
+    samples={"model": "good-cgan", "per_class": 1, "temperature": math.nan}, job={"model": "x", "seed": 2**64}
+)
+@example(
+    samples={"model": "good-cgan", "counts": {"٣": 1}},
+    job={"model": "good-cgan", "per_class": 1, "out": "../x"},
+)
+@example(samples=[1, {"model": None}], job="good-cgan")
 def test_random_json_bodies_never_5xx(service, samples, job):
     url, home = service
     for path, body in (("/v1/samples", samples), ("/v1/jobs", job)):
         code, ctype, raw = call(url, "POST", path, json.dumps(body).encode())
-        print("STAT", path, code, raw[:90] if code >= 400 else b"")
         assert code < 500, (path, body, code, raw[:300])
         if code >= 400:
             assert ctype == "application/json", (path, body, code)
@@ -254,7 +267,6 @@ def test_random_json_bodies_never_5xx(service, samples, job):
             assert code == 200 and ctype in ("application/json", "image/png", "application/octet-stream")
 
 
-@pytest.mark.xfail(strict=True, reason="bug: validate_request lets OSError(ENAMETOOLONG) escape -> 500")
 def test_over_long_output_name_is_400(service):
     url, _ = service
     body = json.dumps({"model": "good-cgan", "per_class": 1, "out": "a" * 300}).encode()

@@ -123,7 +123,6 @@ def test_confine_accepts_exactly_the_paths_that_resolve_inside_the_root(tree, da
     assert Path(os.path.realpath(got)) == got  # no symlink left to follow out
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError, reason="bug: confine lets RuntimeError escape on loops")
 def test_confine_symlink_loop_is_value_error(tmp_path):
     (tmp_path / "loop").symlink_to("loop")
     with pytest.raises(ValueError):
@@ -176,7 +175,6 @@ def test_validate_name_rejects_non_strings(x):
         validate_name(x)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: _NAME_RE uses `$`, which also matches before a final newline")
 def test_name_with_trailing_newline_rejected():
     with pytest.raises(ValueError):
         validate_name("abc\n")
@@ -266,7 +264,6 @@ def test_parse_counts_examples():
             parse_counts(per_class, counts, CLASSES)
 
 
-@pytest.mark.xfail(strict=True, raises=OverflowError, reason="bug: _positive_int lets int(inf) escape")
 @pytest.mark.parametrize("per_class, counts", [(math.inf, None), (None, {"0": -math.inf})])
 def test_parse_counts_infinity_is_value_error(per_class, counts):
     with pytest.raises(ValueError):
@@ -388,16 +385,12 @@ def test_validate_request_examples(req_home):
     assert list(outside.iterdir()) == []
 
 
-@pytest.mark.xfail(
-    strict=True, raises=OSError, reason="bug: an over-long name escapes as OSError (ENAMETOOLONG)"
-)
 def test_validate_request_over_long_output_name_is_value_error(req_home):
     home, _ = req_home
     with pytest.raises(ValueError):
         validate_request({"model": "tiny-cgan", "per_class": 1, "out": "a" * 300}, home, job_id="j-4")
 
 
-@pytest.mark.xfail(strict=True, raises=OverflowError, reason="bug: _positive_int lets int(inf) escape")
 def test_validate_request_infinite_shard_rows_is_value_error(req_home):
     home, _ = req_home
     with pytest.raises(ValueError):
