@@ -41,6 +41,21 @@ MAX_SHARDS = 100_000
 SHARD_ROWS_RANGE = (1, 100_000)  # a shard is held in memory while it is written
 DEFAULT_SHARD_ROWS = 10_000
 TEMPERATURE_RANGE = (0.0, 5.0)
+REQUEST_FIELDS = frozenset(
+    {
+        "model",
+        "per_class",
+        "counts",
+        "seed",
+        "out",
+        "output",
+        "shard_rows",
+        "temperature",
+        "priority",
+        "filter",
+        "idempotency_key",
+    }
+)  # what a generation request may contain
 GEN_CHUNK = 2048  # rows per forward pass; fixed so that results never depend on the caller
 
 
@@ -159,22 +174,11 @@ def validate_request(
     ``shard_rows``, ``temperature``, ``priority``, ``filter``.
     """
     home = resolve_home(home)
-    known = {
-        "model",
-        "per_class",
-        "counts",
-        "seed",
-        "out",
-        "output",
-        "shard_rows",
-        "temperature",
-        "priority",
-        "filter",
-        "idempotency_key",
-    }
-    unknown = sorted(set(req) - known)
+    unknown = sorted(set(req) - REQUEST_FIELDS)
     if unknown:
-        raise ValueError(f"unknown request field(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
+        raise ValueError(
+            f"unknown request field(s) {', '.join(unknown)}; valid: {', '.join(sorted(REQUEST_FIELDS))}"
+        )
     mv = Registry(home).resolve(str(req.get("model") or ""))
     classes = tuple(mv.info["classes"])
     counts = parse_counts(req.get("per_class"), req.get("counts"), classes)

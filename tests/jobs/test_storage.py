@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jobs.generate import JobSpec, parse_counts, validate_request
+from jobs.generate import REQUEST_FIELDS, JobSpec, parse_counts, validate_request
 from jobs.registry import parse_ref
 from jobs.storage import confine, validate_name
 from tests.conftest import register_untrained
@@ -301,17 +301,7 @@ def snapshot(*folders: Path) -> list[tuple]:
 
 
 KEYS = [
-    "model",
-    "per_class",
-    "counts",
-    "seed",
-    "out",
-    "output",
-    "shard_rows",
-    "temperature",
-    "priority",
-    "filter",
-    "idempotency_key",
+    *sorted(REQUEST_FIELDS),
     "colour",
     "Model",
 ]
