@@ -22,7 +22,6 @@ import contextlib
 import logging
 import os
 import time
-import traceback
 import uuid
 from pathlib import Path
 from typing import Any
@@ -287,7 +286,3 @@ def get_queue(home: str | os.PathLike | None = None, **options: Any):
     ).remote(str(resolve_home(home)), **options)
     ray.get(handle.ready.remote())
     return handle
-
-
-def format_error(e: BaseException) -> str:
-    return "".join(traceback.format_exception_only(type(e), e)).strip()

@@ -39,7 +39,6 @@ from jobs.storage import confine, resolve_home
 MAX_TOTAL_ROWS = 10_000_000
 MAX_SHARDS = 100_000
 SHARD_ROWS_RANGE = (1, 100_000)  # a shard is held in memory while it is written
-DEFAULT_SHARD_ROWS = 10_000
 TEMPERATURE_RANGE = (0.0, 5.0)
 REQUEST_FIELDS = frozenset(
     {
@@ -186,7 +185,7 @@ def validate_request(
     if total > max_total_rows:
         raise ValueError(f"total rows {total:,} is above the maximum {max_total_rows:,}; split the request")
     shard_rows = req.get("shard_rows")
-    shard_rows = DEFAULT_SHARD_ROWS if shard_rows is None else _positive_int(shard_rows, "shard_rows")
+    shard_rows = shards.DEFAULT_SHARD_ROWS if shard_rows is None else _positive_int(shard_rows, "shard_rows")
     lo, hi = SHARD_ROWS_RANGE
     if not lo <= shard_rows <= hi:
         raise ValueError(f"shard_rows {shard_rows} is out of range; valid: {lo}..{hi}")
@@ -402,19 +401,18 @@ def run_job_with_ray_tasks(
 
 
 def _existing_shards(spec: JobSpec) -> list[dict[str, Any]]:
-    """Committed shard files of an interrupted run (final names only), re-described from disk."""
-    import pyarrow.parquet as pq
+    """Committed shard files of an interrupted run (final names only), re-described from disk.
 
+    A damaged file is deleted so that the shard is generated again.
+    """
     found = []
     for k in range(spec.num_shards):
         path = Path(spec.output) / shards.shard_path(k, spec.num_shards)
         if path.is_file():
             try:
-                pq.read_metadata(path)
-            except Exception:
+                found.append(shards.describe_shard(spec.output, k, spec.num_shards))
+            except ValueError:
                 path.unlink()
-                continue
-            found.append(shards.describe_shard(spec.output, k, spec.num_shards))
     return found
 
 
@@ -471,7 +469,8 @@ def add_request_arguments(p: argparse.ArgumentParser) -> None:
         "--shard-rows",
         type=int,
         default=None,
-        help=f"rows per shard, {SHARD_ROWS_RANGE[0]}..{SHARD_ROWS_RANGE[1]} (default {DEFAULT_SHARD_ROWS})",
+        help=f"rows per shard, {SHARD_ROWS_RANGE[0]}..{SHARD_ROWS_RANGE[1]} "
+        f"(default {shards.DEFAULT_SHARD_ROWS})",
     )
     p.add_argument("--seed", type=int, default=0, help="job seed (default 0); same seed, same bytes")
     p.add_argument("--temperature", type=float, default=None, help="noise scale, default 1.0")
