@@ -24,14 +24,14 @@ import pyarrow.parquet as pq
 from benchmarks.common import PeakRSS, Row, register_default_model
 
 
-def plain_loop(home: Path, ref: str, rows: int, shard_rows: int, write: bool) -> float:
+def plain_loop(home: Path, ref: str, rows: int, shard_rows: int, write: bool, device: str = "cpu") -> float:
     """rows/s of forward + PNG encode (+ pq.write_table) in this process, the plainest way."""
     from jobs import shards
     from jobs.generate import generate_uint8
     from jobs.registry import Registry
     from models.checkpoint import load_checkpoint
 
-    model = load_checkpoint(Registry(home).resolve(ref).path).model
+    model = load_checkpoint(Registry(home).resolve(ref).path, device=device).model
     classes = [str(i) for i in range(10)]
     out = Path(tempfile.mkdtemp(dir=home))
     rng = np.random.default_rng(0)

@@ -110,6 +110,7 @@ class Generator:
         sizes = list(self.batch_sizes)
         return {
             "pid": os.getpid(),
+            "device": str(self.device),
             "batches": len(sizes),
             "max_batch_size": max(sizes, default=0),
             "mean_batch_size": float(np.mean(sizes)) if sizes else 0.0,

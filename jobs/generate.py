@@ -307,12 +307,16 @@ def generate_many_uint8(
     noise = torch.cat(
         [draw_noise(len(lb), model.noise_dim, s, chunk) for lb, s in zip(labels, seeds, strict=False)]
     )
+    if device.type == "cuda":  # page-locked so the host-to-device copies below overlap
+        y, noise = y.pin_memory(), noise.pin_memory()
+    # Sampling stays fp32 on GPUs too: bf16 would cost about one grey level of 256, and the
+    # forward pass is not the bottleneck (PNG encoding is; see benchmarks/RESULTS.md).
     out = []
     for start in range(0, len(y), chunk):
         imgs = model.sample(
-            y[start : start + chunk].to(device),
+            y[start : start + chunk].to(device, non_blocking=True),
             temperature=temperature,
-            noise=noise[start : start + chunk].to(device),
+            noise=noise[start : start + chunk].to(device, non_blocking=True),
         )  # (n, C, H, W)
         out.append(denormalize_uint8(imgs))
     images = np.concatenate(out) if out else np.zeros((0, 1, 1, 1), np.uint8)  # (N, H, W, C)
@@ -367,8 +371,12 @@ def run_job_with_ray_tasks(
     home: str | os.PathLike | None = None,
     max_in_flight: int | None = None,
     progress=print,
+    gpu_per_task: float = 0.0,
 ) -> dict[str, Any]:
-    """Generate every missing shard of ``spec`` with Ray tasks, then finalise; return the manifest."""
+    """Generate every missing shard of ``spec`` with Ray tasks, then finalise; return the manifest.
+
+    ``gpu_per_task`` > 0 gives each task that fraction of a GPU (several tasks share one card).
+    """
     import ray
 
     home = resolve_home(home)
@@ -376,7 +384,9 @@ def run_job_with_ray_tasks(
     shards.cleanup_temp(spec.output)
     done = {int(e["shard"]): e for e in _existing_shards(spec)}
     todo = [k for k in range(spec.num_shards) if k not in done]
-    remote = ray.remote(num_cpus=1, max_retries=3)(_shard_task)
+    if not 0.0 <= gpu_per_task <= 1.0:
+        raise ValueError(f"gpu_per_task {gpu_per_task!r} must be in [0, 1] (a fraction of one GPU)")
+    remote = ray.remote(num_cpus=1, num_gpus=gpu_per_task, max_retries=3)(_shard_task)
     max_in_flight = max_in_flight or max(1, int(ray.cluster_resources().get("CPU", 1)))
     started, pending = time.perf_counter(), {}
     while todo or pending:
@@ -420,7 +430,8 @@ def _shard_task(home: str, task: dict) -> dict[str, Any]:
     from models.checkpoint import load_checkpoint
 
     t = ShardTask.from_dict(task)
-    model = load_checkpoint(Registry(home).resolve(t.model).path).model
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # Ray sets CUDA_VISIBLE_DEVICES per task
+    model = load_checkpoint(Registry(home).resolve(t.model).path, device=device).model
     return run_shard(model, t)
 
 
@@ -436,6 +447,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--home", default=None, help="storage root (default $GENAUG_HOME or ./genaug-data)")
     p.add_argument("--job-id", default=None, help="job id; rerun with the same id to resume (default: new)")
     add_request_arguments(p)
+    p.add_argument(
+        "--gpu-per-task", type=float, default=0.0, help="GPU fraction per shard task, e.g. 0.25 (default 0)"
+    )
     args = p.parse_args(argv)
     try:
         job_id = args.job_id or new_job_id()
@@ -443,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
         spec = validate_request(req, args.home, job_id=job_id, allow_existing=bool(args.job_id))
         print(f"job {job_id}: {spec.total_rows:,} rows in {spec.num_shards} shards -> {spec.output}")
         with ray_session():
-            manifest = run_job_with_ray_tasks(spec, job_id, args.home)
+            manifest = run_job_with_ray_tasks(spec, job_id, args.home, gpu_per_task=args.gpu_per_task)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,0 +1,171 @@
+"""GPU figures: training images/s and generation rows/s on one GPU, and scaling over Ray Train workers.
+
+    python -m benchmarks.gpu [--epochs 5] [--rows 200000] [--compile] [--out gpu_results.json]
+
+Needs CUDA (run it on a GPU machine; ``make bench`` does not). Each row is side by side with the plainest
+baseline on the same card, in the same run:
+- training img/s: ``genaug train --gpu`` (Ray Train, 1 GPU worker: NCCL, bf16 autocast, channels_last,
+  pinned memory) vs one plain PyTorch process on the same GPU (bf16, same model and global batch), for the
+  cVAE and the cGAN on digits (8x8 MLPs) and on shapes:32 (32x32 RGB conv nets);
+- scaling: img/s with N Ray Train workers / 1 worker, N = 2..number of GPUs (only with several GPUs);
+- generation rows/s, submit -> ``_SUCCESS``: the job pipeline with 4 generator replicas sharing the GPU
+  (0.25 each) vs forward on the GPU + PNG + ``pq.write_table`` in one process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks.common import Row, register_default_model
+
+TRAIN_CASES = [("cvae", "digits"), ("cgan", "digits"), ("cvae", "shapes:32"), ("cgan", "shapes:32")]
+
+
+def card() -> str:
+    """The GPU's name and count, e.g. ``1x NVIDIA H200``."""
+    return f"{torch.cuda.device_count()}x {torch.cuda.get_device_name(0)}"
+
+
+def training_rows(home: Path, epochs: int, compile_: bool) -> list[Row]:
+    from benchmarks.training import plain_images_per_s
+    from jobs.train import MODEL_DEFAULTS, TrainSettings, train
+
+    rows = []
+
+    def genaug_ips(kind: str, dataset: str, workers: int, compile_: bool = False) -> float:
+        settings = TrainSettings(
+            model=kind,
+            dataset=dataset,
+            name=f"gpu-{kind}-{dataset.replace(':', '-')}-{workers}",
+            workers=workers,
+            gpu=True,
+            compile=compile_,
+            epochs=epochs,
+            checkpoint_every=epochs,
+        )
+        return train(settings, home, quiet=True)["images_per_s"]
+
+    for kind, dataset in TRAIN_CASES:
+        batch = MODEL_DEFAULTS[kind]["batch_size"]
+        ours = genaug_ips(kind, dataset, 1)
+        plain = plain_images_per_s(kind, epochs, batch, dataset=dataset, device="cuda")
+        rows.append(
+            Row(
+                f"GPU training img/s, {kind} on {dataset}: Ray Train 1 GPU worker vs plain PyTorch",
+                ours,
+                plain,
+                "img/s",
+                ">= 0.85",
+                f"{card()}; global batch {batch}; bf16",
+            )
+        )
+    if compile_:
+        kind, dataset = TRAIN_CASES[-1]
+        eager = genaug_ips(kind, dataset, 1)
+        rows.append(
+            Row(
+                f"GPU training img/s, {kind} on {dataset}: --compile vs eager (Ray Train, 1 GPU)",
+                genaug_ips(kind, dataset, 1, compile_=True),
+                eager,
+                "img/s",
+                ">= 1.0",
+                f"{card()}; median epoch after the first (compilation excluded)",
+            )
+        )
+    n = torch.cuda.device_count()
+    kind, dataset = TRAIN_CASES[-1]
+    one = genaug_ips(kind, dataset, 1) if n > 1 else None
+    for workers in range(2, n + 1):
+        rows.append(
+            Row(
+                f"GPU scaling, {kind} on {dataset}: {workers} workers vs 1 (img/s)",
+                genaug_ips(kind, dataset, workers),
+                one,
+                "img/s",
+                f">= {0.85 * workers:.2f}",
+                card(),
+            )
+        )
+    return rows
+
+
+def generation_rows(home: Path, rows: int, shard_rows: int) -> list[Row]:
+    from benchmarks.generation import job_rows_per_s, plain_loop
+    from cluster.client import Client
+    from cluster.service import deploy, free_port, undeploy
+
+    ref = register_default_model(home)
+    app = {"min_replicas": 4, "max_replicas": 4, "gpu_per_replica": 0.25}
+    url = deploy(str(home), "127.0.0.1", free_port(), app)
+    try:
+        client = Client(url, token="")
+        job_rows_per_s(client, ref, 40_000, shard_rows)  # warm-up: every replica loads the model
+        ours, _ = job_rows_per_s(client, ref, rows, shard_rows)
+        device = client.request("GET", "/v1/stats")["generator"].get("device", "?")
+    finally:
+        undeploy()
+    plain = plain_loop(home, ref, rows, shard_rows, write=True, device="cuda")
+    return [
+        Row(
+            f"GPU generation rows/s, submit -> _SUCCESS ({rows:,} rows): 4 replicas x 0.25 GPU vs plain loop",
+            ours,
+            plain,
+            "rows/s",
+            ">= 0.8",
+            f"{card()}; replicas on {device}; plain: forward on GPU + PNG + write_table, one process",
+        )
+    ]
+
+
+def run(epochs: int, rows: int, shard_rows: int, compile_: bool) -> list[Row]:
+    from jobs.rayinit import ray_session
+
+    if not torch.cuda.is_available():
+        raise SystemExit("benchmarks.gpu needs a CUDA device (none is visible here)")
+    home = Path(tempfile.mkdtemp(prefix="genaug-gpu-bench-"))
+    with ray_session():
+        return training_rows(home, epochs, compile_) + generation_rows(home, rows, shard_rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--epochs", type=int, default=5, help="epochs per training run (default 5)")
+    p.add_argument("--rows", type=int, default=200_000, help="rows of the generation job (default 200,000)")
+    p.add_argument("--shard-rows", type=int, default=10_000)
+    p.add_argument("--compile", action="store_true", help="also measure --compile against eager")
+    p.add_argument("--out", default="benchmarks/gpu_results.json", help="where to write the rows (JSON)")
+    args = p.parse_args(argv)
+    t0 = time.perf_counter()
+    rows = run(args.epochs, args.rows, args.shard_rows, args.compile)
+    result = {
+        "card": card(),
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "seconds": round(time.perf_counter() - t0),
+        "rows": [r.to_dict() for r in rows],
+    }
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    for r in rows:
+        d = r.to_dict()
+        ratio = f"{d['ratio']:.2f}" if d["ratio"] is not None else ""
+        cells = [
+            r.name,
+            f"{r.genaug:,.0f}",
+            f"{r.baseline or 0:,.0f}",
+            r.unit,
+            ratio,
+            r.target,
+            str(d["met"]),
+        ]
+        print("| " + " | ".join(cells) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
