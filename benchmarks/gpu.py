@@ -32,60 +32,50 @@ def card() -> str:
     return f"{torch.cuda.device_count()}x {torch.cuda.get_device_name(0)}"
 
 
-def training_rows(home: Path, epochs: int, compile_: bool) -> list[Row]:
+def _train_ips(
+    home: Path, kind: str, dataset: str, epochs: int, workers: int, compile_: bool = False
+) -> float:
+    """Median per-epoch img/s of ``genaug train --gpu`` (the registered version's figure)."""
+    from jobs.train import TrainSettings, train
+
+    settings = TrainSettings(
+        model=kind,
+        dataset=dataset,
+        name=f"gpu-{kind}-{dataset.replace(':', '-')}-{workers}{'-compiled' if compile_ else ''}",
+        workers=workers,
+        gpu=True,
+        compile=compile_,
+        epochs=epochs,
+        checkpoint_every=epochs,
+    )
+    return train(settings, home, quiet=True)["images_per_s"]
+
+
+def training_rows(home: Path, epochs: int) -> list[Row]:
     from benchmarks.training import plain_images_per_s
-    from jobs.train import MODEL_DEFAULTS, TrainSettings, train
+    from jobs.train import MODEL_DEFAULTS
 
     rows = []
-
-    def genaug_ips(kind: str, dataset: str, workers: int, compile_: bool = False) -> float:
-        settings = TrainSettings(
-            model=kind,
-            dataset=dataset,
-            name=f"gpu-{kind}-{dataset.replace(':', '-')}-{workers}",
-            workers=workers,
-            gpu=True,
-            compile=compile_,
-            epochs=epochs,
-            checkpoint_every=epochs,
-        )
-        return train(settings, home, quiet=True)["images_per_s"]
-
     for kind, dataset in TRAIN_CASES:
         batch = MODEL_DEFAULTS[kind]["batch_size"]
-        ours = genaug_ips(kind, dataset, 1)
-        plain = plain_images_per_s(kind, epochs, batch, dataset=dataset, device="cuda")
         rows.append(
             Row(
                 f"GPU training img/s, {kind} on {dataset}: Ray Train 1 GPU worker vs plain PyTorch",
-                ours,
-                plain,
+                _train_ips(home, kind, dataset, epochs, 1),
+                plain_images_per_s(kind, epochs, batch, dataset=dataset, device="cuda"),
                 "img/s",
                 ">= 0.85",
                 f"{card()}; global batch {batch}; bf16",
             )
         )
-    if compile_:
-        kind, dataset = TRAIN_CASES[-1]
-        eager = genaug_ips(kind, dataset, 1)
-        rows.append(
-            Row(
-                f"GPU training img/s, {kind} on {dataset}: --compile vs eager (Ray Train, 1 GPU)",
-                genaug_ips(kind, dataset, 1, compile_=True),
-                eager,
-                "img/s",
-                ">= 1.0",
-                f"{card()}; median epoch after the first (compilation excluded)",
-            )
-        )
     n = torch.cuda.device_count()
     kind, dataset = TRAIN_CASES[-1]
-    one = genaug_ips(kind, dataset, 1) if n > 1 else None
+    one = _train_ips(home, kind, dataset, epochs, 1) if n > 1 else None
     for workers in range(2, n + 1):
         rows.append(
             Row(
                 f"GPU scaling, {kind} on {dataset}: {workers} workers vs 1 (img/s)",
-                genaug_ips(kind, dataset, workers),
+                _train_ips(home, kind, dataset, epochs, workers),
                 one,
                 "img/s",
                 f">= {0.85 * workers:.2f}",
@@ -93,6 +83,20 @@ def training_rows(home: Path, epochs: int, compile_: bool) -> list[Row]:
             )
         )
     return rows
+
+
+def compile_rows(home: Path, epochs: int) -> list[Row]:
+    kind, dataset = TRAIN_CASES[-1]
+    return [
+        Row(
+            f"GPU training img/s, {kind} on {dataset}: --compile vs eager (Ray Train, 1 GPU)",
+            _train_ips(home, kind, dataset, epochs, 1, compile_=True),
+            _train_ips(home, kind, dataset, epochs, 1),
+            "img/s",
+            ">= 1.0",
+            f"{card()}; median epoch after the first (compilation excluded)",
+        )
+    ]
 
 
 def generation_rows(home: Path, rows: int, shard_rows: int) -> list[Row]:
@@ -123,14 +127,37 @@ def generation_rows(home: Path, rows: int, shard_rows: int) -> list[Row]:
     ]
 
 
-def run(epochs: int, rows: int, shard_rows: int, compile_: bool) -> list[Row]:
+def run(epochs: int, rows: int, shard_rows: int, compile_: bool, out: Path) -> list[Row]:
+    """Measure every section; rows are written to ``out`` as they come, and a failing section is recorded."""
     from jobs.rayinit import ray_session
 
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks.gpu needs a CUDA device (none is visible here)")
     home = Path(tempfile.mkdtemp(prefix="genaug-gpu-bench-"))
+    t0, done, errors = time.perf_counter(), [], []
+
+    def save() -> None:
+        result = {
+            "card": card(),
+            "torch": torch.__version__,
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "seconds": round(time.perf_counter() - t0),
+            "rows": [r.to_dict() for r in done],
+            "errors": errors,
+        }
+        out.write_text(json.dumps(result, indent=2))
+
     with ray_session():
-        return training_rows(home, epochs, compile_) + generation_rows(home, rows, shard_rows)
+        sections = [lambda: generation_rows(home, rows, shard_rows), lambda: training_rows(home, epochs)]
+        if compile_:
+            sections.append(lambda: compile_rows(home, epochs))
+        for section in sections:
+            try:
+                done.extend(section())
+            except Exception as e:  # keep what the other sections measured
+                errors.append(f"{type(e).__name__}: {e}")
+            save()
+    return done
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,16 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compile", action="store_true", help="also measure --compile against eager")
     p.add_argument("--out", default="benchmarks/gpu_results.json", help="where to write the rows (JSON)")
     args = p.parse_args(argv)
-    t0 = time.perf_counter()
-    rows = run(args.epochs, args.rows, args.shard_rows, args.compile)
-    result = {
-        "card": card(),
-        "torch": torch.__version__,
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "seconds": round(time.perf_counter() - t0),
-        "rows": [r.to_dict() for r in rows],
-    }
-    Path(args.out).write_text(json.dumps(result, indent=2))
+    rows = run(args.epochs, args.rows, args.shard_rows, args.compile, Path(args.out))
     for r in rows:
         d = r.to_dict()
         ratio = f"{d['ratio']:.2f}" if d["ratio"] is not None else ""
