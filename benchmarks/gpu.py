@@ -160,6 +160,27 @@ def run(epochs: int, rows: int, shard_rows: int, compile_: bool, out: Path) -> l
     return done
 
 
+def render(result: dict) -> str:
+    """The ``## GPU`` section of RESULTS.md (benchmarks/GPU.md) from a gpu_results.json."""
+    lines = [
+        "## GPU (benchmarks/gpu.py)",
+        "",
+        f"- card: {result['card']}; torch {result['torch']}; {result['date']}; {result['seconds']} s",
+        "- command: `python -m benchmarks.gpu --epochs 3 --rows 100000 --compile` on a lent GPU machine",
+        "",
+        "| benchmark | genaug | baseline | unit | ratio | target | met | note |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["rows"]:
+        ratio = "" if r["ratio"] is None else f"{r['ratio']:.2f}"
+        met = "n/a" if r["met"] is None else ("yes" if r["met"] else "NO")
+        baseline = "" if r["baseline"] is None else f"{r['baseline']:,.0f}"
+        cells = [r["name"], f"{r['genaug']:,.0f}", baseline, r["unit"], ratio, r["target"], met, r["note"]]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [f"- error: {e}" for e in result.get("errors", [])]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--epochs", type=int, default=5, help="epochs per training run (default 5)")
@@ -167,21 +188,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shard-rows", type=int, default=10_000)
     p.add_argument("--compile", action="store_true", help="also measure --compile against eager")
     p.add_argument("--out", default="benchmarks/gpu_results.json", help="where to write the rows (JSON)")
+    p.add_argument("--render", metavar="JSON", help="only print the Markdown section for a results file")
     args = p.parse_args(argv)
-    rows = run(args.epochs, args.rows, args.shard_rows, args.compile, Path(args.out))
-    for r in rows:
-        d = r.to_dict()
-        ratio = f"{d['ratio']:.2f}" if d["ratio"] is not None else ""
-        cells = [
-            r.name,
-            f"{r.genaug:,.0f}",
-            f"{r.baseline or 0:,.0f}",
-            r.unit,
-            ratio,
-            r.target,
-            str(d["met"]),
-        ]
-        print("| " + " | ".join(cells) + " |")
+    if args.render:
+        print(render(json.loads(Path(args.render).read_text())), end="")
+        return 0
+    run(args.epochs, args.rows, args.shard_rows, args.compile, Path(args.out))
+    print(render(json.loads(Path(args.out).read_text())), end="")
     return 0
 
 

@@ -54,7 +54,7 @@ def write_results(rows: list[dict], command: str, started: float) -> None:
         f"- versions: python {platform.python_version()}, torch {torch.__version__}, ray {ray.__version__}, "
         f"pyarrow {pyarrow.__version__}",
         f"- command: `{command}` ({time.time() - started:.0f} s)",
-        "- GPU: not run on a GPU yet (benchmarks/gpu.py) unless a row says so.",
+        "- GPU: these rows ran on the CPU; the GPU figures (benchmarks/gpu.py) are in the GPU section below.",
         "",
         "| benchmark | genaug | baseline | unit | ratio | target | met | note |",
         "|---|---|---|---|---|---|---|---|",
@@ -74,8 +74,8 @@ def _met(met: bool | None) -> str:
 
 
 def _notes() -> str:
-    """Hand-written sections appended to RESULTS.md: how to read it, and the quality figures."""
-    parts = [HERE / "NOTES.md", HERE / "QUALITY.md"]
+    """Sections appended to RESULTS.md: how to read it, the GPU figures, and the quality figures."""
+    parts = [HERE / "NOTES.md", HERE / "GPU.md", HERE / "QUALITY.md"]
     return "".join("\n" + p.read_text() for p in parts if p.exists())
 
 
