@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import io
 import os
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -28,12 +29,19 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from cluster.generator import Generator, ModelUnavailable
 from cluster.queue import InvalidTransition, JobNotFound
 from jobs.generate import TEMPERATURE_RANGE, parse_counts
-from jobs.registry import Registry, UnknownModel
+from jobs.registry import SAMPLES_PNG, Registry, UnknownModel
 from jobs.storage import read_json, resolve_home
 
 APP_NAME = "genaug"
 DEFAULT_INLINE_CAP = 4096
 MAX_BODY_BYTES = 1 << 20
+# The web console: plain files served at / (no build step); the token stays in the browser tab.
+STATIC_DIR = Path(__file__).with_name("static")
+CONSOLE_FILES = {"index.html": "text/html", "console.js": "text/javascript", "console.css": "text/css"}
+CONSOLE_CSP = (
+    "default-src 'self'; img-src 'self' blob: data:; script-src 'self'; style-src 'self'; "
+    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+)
 
 
 class ApiError(Exception):
@@ -235,6 +243,29 @@ def _grid_png(images: np.ndarray, labels: np.ndarray, num_classes: int) -> bytes
     return buf.getvalue()
 
 
+def _console_file(name: str) -> Response:
+    if name not in CONSOLE_FILES:
+        raise ApiError(404, "not found", f"no console file {name!r}")
+    headers = {
+        "Cache-Control": "no-cache",
+        "X-Content-Type-Options": "nosniff",
+        "Content-Security-Policy": CONSOLE_CSP,
+    }
+    body = (STATIC_DIR / name).read_bytes()
+    return Response(body, media_type=f"{CONSOLE_FILES[name]}; charset=utf-8", headers=headers)
+
+
+@api.get("/", include_in_schema=False)
+async def console_index() -> Response:
+    """The web console (models, try it, jobs); it asks for the API token when the API answers 401."""
+    return _console_file("index.html")
+
+
+@api.get("/console/{name}", include_in_schema=False)
+async def console_asset(name: str) -> Response:
+    return _console_file(name)
+
+
 @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=256)
 @serve.ingress(api)
 class Ingress:
@@ -326,6 +357,19 @@ class Ingress:
             raise _classify(e) from None
         versions = [_summary(self.registry.resolve(f"{name}:v{v}")) for v in self.registry.versions(name)]
         return {"name": name, "versions": versions}
+
+    @api.get("/v1/models/{ref}/samples.png", tags=["models"])
+    async def model_samples_png(self, ref: str, authorization: str | None = Header(None)) -> Response:
+        """The grid drawn at training time (a row per class) of NAME or NAME:VERSION; 404 when it has none."""
+        self.check_token(authorization)
+        try:
+            mv = self.registry.resolve(ref)
+        except ValueError as e:
+            raise _classify(e) from None
+        path = mv.path / SAMPLES_PNG
+        if not path.is_file():
+            raise ApiError(404, "not found", f"{mv.ref} has no {SAMPLES_PNG}; POST /v1/samples draws one")
+        return Response(path.read_bytes(), media_type="image/png", headers={"X-Genaug-Model": mv.ref})
 
     @api.get("/v1/stats", tags=["health"])
     async def stats(self, authorization: str | None = Header(None)) -> dict:
@@ -424,12 +468,22 @@ class Ingress:
     async def get_manifest(self, job_id: str, authorization: str | None = Header(None)) -> dict:
         """The finished dataset's manifest.json (409 until the job has succeeded)."""
         self.check_token(authorization)
+        return read_json(os.path.join(await self._finished_output(job_id, "manifest"), "manifest.json"))
+
+    @api.get("/v1/jobs/{job_id}/card", tags=["jobs"])
+    async def get_card(self, job_id: str, authorization: str | None = Header(None)) -> Response:
+        """The finished dataset's card, README.md (409 until the job has succeeded)."""
+        self.check_token(authorization)
+        card = Path(await self._finished_output(job_id, "card")) / "README.md"
+        return Response(card.read_bytes(), media_type="text/markdown; charset=utf-8")
+
+    async def _finished_output(self, job_id: str, what: str) -> str:
         job = await self._call(self.queue.get.remote(job_id))
         if job["status"] != "succeeded":
             raise ApiError(
-                409, "conflict", f"job {job_id} is {job['status']}; the manifest exists once it succeeded"
+                409, "conflict", f"job {job_id} is {job['status']}; the {what} exists once it succeeded"
             )
-        return read_json(os.path.join(job["output"], "manifest.json"))
+        return job["output"]
 
     @api.delete("/v1/jobs/{job_id}", tags=["jobs"])
     async def cancel_job(

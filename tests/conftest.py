@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -66,3 +68,15 @@ def model_home(tmp_path_factory) -> Path:
     register_untrained(root, "tiny-cgan", "cgan")
     register_untrained(root, "tiny-cvae", "cvae")
     return root
+
+
+@contextlib.contextmanager
+def running_service(home: Path, **app_args) -> Iterator[str]:
+    """The app deployed over ``home`` on a free 127.0.0.1 port (one replica unless told); yields its URL."""
+    from cluster.service import deploy, free_port, undeploy
+
+    url = deploy(str(home), "127.0.0.1", free_port(), {"max_replicas": 1, **app_args})
+    try:
+        yield url
+    finally:
+        undeploy()

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from cluster.cli import main as cli
+from tests.conftest import running_service
 
 pytestmark = pytest.mark.slow
 
@@ -18,11 +19,8 @@ TOKEN = "s3cret-token-for-tests"
 
 @pytest.fixture(scope="module")
 def secured(ray_local, model_home):
-    from cluster.service import deploy, free_port, undeploy
-
-    url = deploy(str(model_home), "127.0.0.1", free_port(), {"max_replicas": 1, "api_token": TOKEN})
-    yield url, model_home
-    undeploy()
+    with running_service(model_home, api_token=TOKEN) as url:
+        yield url, model_home
 
 
 def status_of(
@@ -43,11 +41,13 @@ def status_of(
 ROUTES = [
     ("GET", "/v1/models", None),
     ("GET", "/v1/models/tiny-cgan", None),
+    ("GET", "/v1/models/tiny-cgan:v1/samples.png", None),
     ("POST", "/v1/samples", {"model": "tiny-cgan", "per_class": 1}),
     ("POST", "/v1/jobs", {"model": "tiny-cgan", "per_class": 1}),
     ("GET", "/v1/jobs", None),
     ("GET", "/v1/jobs/j-000000000000", None),
     ("GET", "/v1/jobs/j-000000000000/manifest", None),
+    ("GET", "/v1/jobs/j-000000000000/card", None),
     ("DELETE", "/v1/jobs/j-000000000000", None),
     ("GET", "/v1/stats", None),
 ]
@@ -67,6 +67,22 @@ def test_right_token_passes_and_health_is_open(secured):
     assert status_of(url + "/healthz")[0] == 200
     code, reply = status_of(url + "/v1/models", token=TOKEN)
     assert code == 200 and {m["name"] for m in reply["models"]} == {"tiny-cgan", "tiny-cvae"}
+
+
+def test_console_files_are_open_and_confined(secured):
+    url, _ = secured
+    with urllib.request.urlopen(url + "/", timeout=30) as r:
+        assert r.headers["Content-Type"].startswith("text/html")
+        assert "script-src 'self'" in r.headers["Content-Security-Policy"]
+        assert b'src="console/console.js"' in r.read()
+    with urllib.request.urlopen(url + "/console/console.js", timeout=30) as r:
+        assert r.headers["Content-Type"].startswith("text/javascript") and b"sessionStorage" in r.read()
+    for path in ("/console/serve_app.py", "/console/..%2Fserve_app.py", "/console/"):
+        assert status_of(url + path)[0] == 404, path
+    code, reply = status_of(url + "/v1/models/tiny-cgan:v1/samples.png", token=TOKEN)
+    assert code == 404 and "tiny-cgan:v1 has no samples.png" in reply["detail"]
+    code, reply = status_of(url + "/v1/models/nope/samples.png", token=TOKEN)
+    assert code == 404 and "unknown model 'nope'" in reply["detail"]
 
 
 def test_cli_generate_and_jobs_through_the_service(secured, monkeypatch, capsys):

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import register_untrained
+from tests.conftest import register_untrained, running_service
 
 pytestmark = pytest.mark.slow
 
@@ -26,23 +26,14 @@ MAX_BODY = 1 << 20  # cluster.serve_app.MAX_BODY_BYTES
 @pytest.fixture(scope="module")
 def service(ray_local, tmp_path_factory):
     """The app with a token over a root holding good-cgan:v1 and bad-cvae:v1 (weights.pt cut in half)."""
-    from cluster.service import deploy, free_port, undeploy
-
     home = tmp_path_factory.mktemp("security_home")
     register_untrained(home, "good-cgan", "cgan")
     register_untrained(home, "bad-cvae", "cvae")
     weights = home / "models" / "bad-cvae" / "v1" / "weights.pt"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-    args = {
-        "max_replicas": 1,
-        "api_token": TOKEN,
-        "max_total_rows": 2000,
-        "max_running": 1,
-        "max_in_flight": 1,
-    }
-    url = deploy(str(home), "127.0.0.1", free_port(), args)
-    yield url, home
-    undeploy()
+    args = {"api_token": TOKEN, "max_total_rows": 2000, "max_running": 1, "max_in_flight": 1}
+    with running_service(home, **args) as url:
+        yield url, home
 
 
 def call(

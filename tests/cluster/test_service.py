@@ -19,6 +19,7 @@ from PIL import Image
 
 from cluster.client import ApiClientError, Client
 from jobs import shards
+from tests.conftest import running_service
 
 pytestmark = pytest.mark.slow
 
@@ -26,11 +27,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def service(ray_local, model_home):
     """The app deployed on a free port with the two tiny models; torn down after the module."""
-    from cluster.service import deploy, free_port, undeploy
-
-    url = deploy(str(model_home), "127.0.0.1", free_port(), {"max_replicas": 1, "max_in_flight": 2})
-    yield Client(url, token=""), model_home
-    undeploy()
+    with running_service(model_home, max_in_flight=2) as url:
+        yield Client(url, token=""), model_home
 
 
 def post(client: Client, path: str, raw: bytes, headers: dict | None = None) -> tuple[int, dict]:
