@@ -17,6 +17,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SUITES = ("generation", "serving", "training", "loader")
+OPTIONAL = ("load",)  # only with --only: benchmarks/load.py (60 s, 50 clients; --quick: 10 s, 10)
 
 
 def _rows(suite: str, quick: bool) -> list[dict]:
@@ -28,6 +29,10 @@ def _rows(suite: str, quick: bool) -> list[dict]:
         from benchmarks import serving
 
         return [r.to_dict() for r in serving.run(requests=50 if quick else 200)]
+    if suite == "load":
+        from benchmarks import load
+
+        return load.rows(quick)
     if suite == "training":
         from benchmarks import training
 
@@ -87,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     rows: list[dict] = []
     for suite in args.only.split(","):
-        if suite not in SUITES:
+        if suite not in SUITES + OPTIONAL:
             print(f"unknown suite {suite!r}; valid: {', '.join(SUITES)}", file=sys.stderr)
             return 2
         print(f"== {suite}", flush=True)

@@ -28,7 +28,7 @@ from typing import Any
 
 import ray
 
-from cluster.queue import InvalidTransition, JobNotFound, JobStatus, JobStore
+from cluster.queue import InvalidTransition, JobNotFound, JobStatus, JobStore, QueueError
 from jobs import shards
 from jobs.generate import JobSpec, ShardTask, lineage, new_job_id, validate_request
 from jobs.registry import Registry
@@ -39,6 +39,7 @@ log = logging.getLogger("genaug.queue")
 QUEUE_ACTOR = "genaug-queue"
 NAMESPACE = "genaug"
 MAX_SHARD_ATTEMPTS = 5
+DRAIN_S = 60.0  # how long a failing job waits for its in-flight shards before removing unrecorded files
 
 
 class QueueOwner:
@@ -181,24 +182,31 @@ class QueueOwner:
         spec = JobSpec.from_dict(job["spec"])
         try:
             await self._generate(job_id, spec)
+        except QueueError as e:
+            # The store is locked or unwritable: the job cannot be failed either. Stop this attempt and
+            # leave the job running; its lease lapses and it is claimed again (resuming from its
+            # committed shards) once the store works.
+            log.warning("job %s: attempt stopped, job store unusable: %s", job_id, e)
         except Exception as e:
             log.exception("job %s failed", job_id)
             try:
-                self.store.fail(job_id, f"{type(e).__name__}: {e}", owner=self.owner)
-            except (InvalidTransition, JobNotFound):
-                pass
-            await asyncio.to_thread(shards.cleanup_temp, spec.output)
+                error = str(e) if isinstance(e, ShardFailed) else _reason(e)
+                self.store.fail(job_id, error, owner=self.owner)
+                recorded = set(self.store.committed_shards(job_id))
+            except (InvalidTransition, JobNotFound, QueueError):
+                recorded = None
+            if recorded is not None:  # failed: like a cancel, keep only the shards the queue recorded
+                await asyncio.to_thread(_remove_unrecorded, spec, recorded)
 
-    async def _generate(self, job_id: str, spec: JobSpec) -> None:
-        from ray import serve
+    async def _send_shards(
+        self, job_id: str, spec: JobSpec, handle, done: dict[int, dict], pending: dict[asyncio.Future, int]
+    ) -> bool:
+        """Send every missing shard and record each one that comes back; True if the job was cancelled.
 
-        started = time.perf_counter()
-        handle = serve.get_deployment_handle(self.deployment, app_name=self.app_name)
-        await asyncio.to_thread(shards.cleanup_temp, spec.output)
-        done = {int(k): v for k, v in self.store.committed_shards(job_id).items()}
+        ``pending`` (in-flight calls) is the caller's, so that it can wait for them when this raises.
+        """
         todo = [k for k in range(spec.num_shards) if k not in done]
         attempts: dict[int, int] = {}
-        pending: dict[asyncio.Future, int] = {}
         cancelled = False
         while todo or pending:
             if not cancelled and self._status(job_id) != JobStatus.RUNNING.value:
@@ -217,8 +225,10 @@ class QueueOwner:
                 except Exception as e:
                     attempts[k] = attempts.get(k, 0) + 1
                     if attempts[k] >= MAX_SHARD_ATTEMPTS or _is_permanent(e):
-                        raise RuntimeError(f"shard {k} failed after {attempts[k]} attempt(s): {e}") from e
-                    log.warning("shard %d of %s failed (%s); re-sending", k, job_id, e)
+                        raise ShardFailed(
+                            f"shard {k} failed after {attempts[k]} attempt(s): {_reason(e)}"
+                        ) from e
+                    log.warning("shard %d of %s failed (%s); re-sending", k, job_id, _reason(e))
                     todo.insert(0, k)
                     continue
                 if cancelled:
@@ -228,6 +238,22 @@ class QueueOwner:
                     done[k] = info
                 except InvalidTransition:
                     cancelled = True
+        return cancelled
+
+    async def _generate(self, job_id: str, spec: JobSpec) -> None:
+        from ray import serve
+
+        started = time.perf_counter()
+        handle = serve.get_deployment_handle(self.deployment, app_name=self.app_name)
+        await asyncio.to_thread(shards.cleanup_temp, spec.output)
+        done = {int(k): v for k, v in self.store.committed_shards(job_id).items()}
+        pending: dict[asyncio.Future, int] = {}
+        try:
+            cancelled = await self._send_shards(job_id, spec, handle, done, pending)
+        except Exception:
+            if pending:  # let in-flight shards land first, so that no file appears after the cleanup
+                await asyncio.wait(list(pending), timeout=DRAIN_S)
+            raise
         if cancelled:
             await asyncio.to_thread(_remove_unrecorded, spec, set(self.store.committed_shards(job_id)))
             return
@@ -253,10 +279,26 @@ class QueueOwner:
         self.store.complete(job_id, self.owner, result=summary)
 
 
+class ShardFailed(RuntimeError):
+    """A shard could not be written (the job's error message)."""
+
+
 def _is_permanent(e: Exception) -> bool:
-    """Errors that re-sending cannot fix (bad model, disk full) fail the job at once."""
+    """Errors that re-sending cannot fix (bad model, disk full, read-only storage) fail the job at once."""
     text = f"{type(e).__name__} {e}"
-    return any(s in text for s in ("ModelUnavailable", "No space left", "ENOSPC", "unknown model"))
+    needles = ("ModelUnavailable", "No space left", "ENOSPC", "Read-only file system", "unknown model")
+    return any(s in text for s in needles)
+
+
+def _reason(e: BaseException) -> str:
+    """One line naming the root cause, without the remote traceback that Ray's errors carry.
+
+    ``RayTaskError`` keeps the exception raised in the replica as ``cause``: "OSError: [Errno 28] ...".
+    """
+    cause = getattr(e, "cause", None)
+    root = cause if isinstance(cause, BaseException) else e
+    lines = [ln.strip() for ln in str(root).splitlines() if ln.strip()]
+    return f"{type(root).__name__}: {lines[0] if lines else 'no message'}"
 
 
 def _remove_unrecorded(spec: JobSpec, recorded: set) -> None:

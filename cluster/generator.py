@@ -21,11 +21,9 @@ import torch
 from ray import serve
 
 from jobs.generate import ShardTask, generate_many_uint8, run_shard
-from jobs.registry import Registry
+from jobs.registry import ModelUnavailable, Registry
 
-
-class ModelUnavailable(ValueError):
-    """A registered version whose checkpoint cannot be loaded (corrupted, truncated, missing file)."""
+__all__ = ["Generator", "ModelUnavailable", "SampleRequest"]
 
 
 @dataclass(frozen=True)

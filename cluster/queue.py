@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import secrets
 import sqlite3
 import threading
@@ -204,6 +205,13 @@ def _dumps(obj: Any, what: str) -> str:
         ) from exc
 
 
+def _read_only_fs(folder: Path) -> bool:
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
 def _check_int(value: Any, name: str, low: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise ValueError(f"{name} {value!r} is invalid; valid: an integer >= {low}")
@@ -334,6 +342,11 @@ class JobStore:
                 msg = (
                     f"job store {p} is corrupted or not a SQLite database ({exc}); "
                     f"move it aside (its jobs are lost) and restart the queue to create a new one"
+                )
+            elif "unable to open" in text and _read_only_fs(p.parent):
+                msg = (
+                    f"job store {p} is read-only ({action}): its filesystem is mounted read-only; "
+                    "remount it read-write or use another --home"
                 )
             elif "unable to open" in text:
                 msg = (

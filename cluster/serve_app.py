@@ -23,11 +23,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
+from ray.exceptions import RayActorError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cluster.generator import Generator, ModelUnavailable
-from cluster.queue import InvalidTransition, JobNotFound
+from cluster.queue import InvalidTransition, JobNotFound, QueueError
 from jobs.generate import TEMPERATURE_RANGE, parse_counts
 from jobs.registry import SAMPLES_PNG, Registry, UnknownModel
 from jobs.storage import read_json, resolve_home
@@ -42,6 +44,9 @@ CONSOLE_CSP = (
     "default-src 'self'; img-src 'self' blob: data:; script-src 'self'; style-src 'self'; "
     "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
 )
+SAMPLE_ATTEMPTS = 3  # a sample call whose replica died is re-sent (same seed, same pixels)
+# A replica or actor that died or is restarting, or a deployment that is overloaded: retry later.
+_GONE = (RayActorError, ReplicaUnavailableError, DeploymentUnavailableError, BackPressureError)
 
 
 class ApiError(Exception):
@@ -81,6 +86,27 @@ class JobRequest(BaseModel):
     filter: Literal["label"] | None = None
 
 
+class ErrorBody(BaseModel):
+    """Every error answer: a short ``error`` and a ``detail`` (a message, or a list of validation errors)."""
+
+    error: str
+    detail: Any = None
+
+
+# Documented on every route so that the OpenAPI schema lists each status the service can answer.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody, "description": text}
+    for code, text in (
+        (400, "bad request or malformed JSON"),
+        (401, "missing or wrong API token"),
+        (404, "unknown model, version or job"),
+        (409, "the job is not in a state that allows this"),
+        (413, "request body or sample count over the limit"),
+        (503, "model version, queue or replica unavailable; retry later"),
+    )
+}
+
+
 def _error(status: int, error: str, detail: Any = None) -> JSONResponse:
     return JSONResponse({"error": error, "detail": detail}, status_code=status)
 
@@ -97,6 +123,12 @@ def _classify(e: BaseException) -> ApiError:
             return ApiError(503, "model unavailable", str(exc))
         if isinstance(exc, InvalidTransition):
             return ApiError(409, "conflict", str(exc))
+        if isinstance(exc, QueueError):  # the job store is locked, read-only or damaged
+            return ApiError(503, "queue unavailable", str(exc))
+        if isinstance(exc, _GONE):
+            return ApiError(
+                503, "service unavailable", f"{type(exc).__name__}: a replica is down or busy; retry shortly"
+            )
         if isinstance(exc, ValueError):
             return ApiError(400, "bad request", str(exc))
     raise e
@@ -106,6 +138,7 @@ api = FastAPI(
     title="genaug",
     version="1",
     description="Synthetic training data from class-conditional generators: inline samples and Parquet jobs.",
+    responses=ERROR_RESPONSES,
 )
 
 
@@ -169,13 +202,22 @@ async def _validation_error(_: Request, e: RequestValidationError) -> JSONRespon
     return _error(422, "invalid request", errors)
 
 
+@api.exception_handler(Exception)
+async def _internal_error(_: Request, e: Exception) -> JSONResponse:
+    # JSON like every other error; the message may name paths, so only the type goes out (logs keep all)
+    return _error(500, "internal error", f"{type(e).__name__}; see the service logs")
+
+
 @api.exception_handler(StarletteHTTPException)
 async def _http_error(_: Request, e: StarletteHTTPException) -> JSONResponse:
     return _error(e.status_code, "not found" if e.status_code == 404 else "http error", e.detail)
 
 
 def _summary(mv) -> dict[str, Any]:
-    info = mv.info
+    try:
+        info = mv.info
+    except ModelUnavailable as e:  # a damaged version is listed as such; the others are unaffected
+        return {"ref": mv.ref, "version": mv.version, "unavailable": str(e)}
     keys = (
         "type",
         "dataset",
@@ -375,11 +417,23 @@ class Ingress:
     async def stats(self, authorization: str | None = Header(None)) -> dict:
         """What one generator replica did (batch sizes, shards, loaded models) and queue counts."""
         self.check_token(authorization)
-        return {"generator": await self.generator.stats.remote(), "queue": await self.queue.counts.remote()}
+        return {
+            "generator": await self._call(self.generator.stats.remote()),
+            "queue": await self._call(self.queue.counts.remote()),
+        }
 
     # -------------------------------------------------------------- samples
 
-    @api.post("/v1/samples", tags=["samples"])
+    @api.post(
+        "/v1/samples",
+        tags=["samples"],
+        responses={
+            200: {
+                "description": "json: base64 PNGs with labels; npz: arrays; png: a grid",
+                "content": {"application/json": {}, "application/octet-stream": {}, "image/png": {}},
+            }
+        },
+    )
     async def samples(self, body: SamplesRequest, authorization: str | None = Header(None)) -> Response:
         """Samples inline: json (base64 PNGs), npz (uint8 images + labels) or png (a grid, row per class)."""
         self.check_token(authorization)
@@ -398,9 +452,18 @@ class Ingress:
                 "Submit a job with POST /v1/jobs for larger requests.",
             )
         labels = np.repeat(np.arange(len(classes)), counts)
-        images = await self._call(
-            self.generator.sample.remote(mv.ref, labels.tolist(), body.seed, body.temperature)
-        )
+        for attempt in range(1, SAMPLE_ATTEMPTS + 1):
+            try:
+                images = await self.generator.sample.remote(
+                    mv.ref, labels.tolist(), body.seed, body.temperature
+                )
+                break
+            except _GONE as e:  # the replica died mid-request: re-send (deterministic, so safe)
+                if attempt == SAMPLE_ATTEMPTS:
+                    raise _classify(e) from None
+                await asyncio.sleep(0.2 * attempt)
+            except Exception as e:
+                raise _classify(e) from None
         headers = {"X-Genaug-Model": mv.ref}
         if body.format == "npz":
             buf = io.BytesIO()
@@ -431,7 +494,12 @@ class Ingress:
 
     # -------------------------------------------------------------- jobs
 
-    @api.post("/v1/jobs", status_code=202, tags=["jobs"])
+    @api.post(
+        "/v1/jobs",
+        status_code=202,
+        tags=["jobs"],
+        responses={200: {"description": "the job an earlier request with this Idempotency-Key made"}},
+    )
     async def submit_job(
         self,
         body: JobRequest,

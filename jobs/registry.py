@@ -29,6 +29,10 @@ class UnknownModel(ValueError):
     """A model name or version that is not registered (HTTP 404)."""
 
 
+class ModelUnavailable(ValueError):
+    """A registered version that cannot be used: damaged ``model.json`` or checkpoint (HTTP 503)."""
+
+
 @dataclass(frozen=True)
 class ModelVersion:
     """One registered model version."""
@@ -50,7 +54,16 @@ class ModelVersion:
 
 @functools.lru_cache(maxsize=256)
 def _model_json(path: str) -> dict[str, Any]:
-    return read_json(Path(path) / MODEL_JSON)
+    """Read (and cache) a version's ``model.json``; ``ModelUnavailable`` when it is missing or damaged."""
+    file = Path(path) / MODEL_JSON
+    ref = f"{file.parent.parent.name}:{file.parent.name}"
+    try:
+        info = read_json(file)
+    except (OSError, ValueError) as e:  # missing, unreadable, truncated or not UTF-8/JSON
+        raise ModelUnavailable(f"model {ref} is unavailable: cannot read {file}: {e}") from None
+    if not isinstance(info, dict) or not isinstance(info.get("classes"), list):
+        raise ModelUnavailable(f"model {ref} is unavailable: {file} is damaged (no 'classes' list)")
+    return info
 
 
 def parse_ref(ref: str) -> tuple[str, int | None]:

@@ -19,6 +19,7 @@ import hashlib
 import json
 import math
 import os
+import signal
 import sys
 import tempfile
 import threading
@@ -66,6 +67,7 @@ class TrainSettings:
     limit_batches: int | None = None  # stop each epoch after this many batches (tests)
     model_config: dict[str, Any] = field(default_factory=dict)  # overrides of the model config
     inject_failure_at_epoch: int | None = None  # fault-injection hook for tests: one worker raises once
+    inject_failure_kill: bool = False  # ... and then SIGKILLs its own process instead of raising
 
     def __post_init__(self) -> None:
         if self.model not in MODEL_TYPES:
@@ -204,6 +206,8 @@ def train_loop_per_worker(config: dict) -> dict:
             marker = Path(config["failure_marker"])
             if not marker.exists():
                 marker.write_text("failed once")
+                if s.inject_failure_kill:  # a hard crash: no exception, no cleanup, the process is gone
+                    os.kill(os.getpid(), signal.SIGKILL)
                 raise RuntimeError(f"injected failure at epoch {epoch} (test hook)")
         t0, seen, sums = time.perf_counter(), 0, {}
         model.train()
