@@ -29,7 +29,7 @@ from cluster.generator import Generator, ModelUnavailable
 from cluster.queue import InvalidTransition, JobNotFound
 from jobs.generate import TEMPERATURE_RANGE, parse_counts
 from jobs.registry import Registry, UnknownModel
-from jobs.storage import read_json, resolve_home
+from jobs.storage import location, resolve_home
 
 APP_NAME = "genaug"
 DEFAULT_INLINE_CAP = 4096
@@ -182,8 +182,8 @@ def _summary(mv) -> dict[str, Any]:
         "checkpoint_sha256",
     )
     out = {"ref": mv.ref, "version": mv.version, **{k: info.get(k) for k in keys}}
-    eval_path = mv.path / "eval.json"
-    out["metrics"] = read_json(eval_path) if eval_path.is_file() else None
+    eval_path = mv.location / "eval.json"
+    out["metrics"] = eval_path.read_json() if eval_path.is_file() else None
     return out
 
 
@@ -429,7 +429,7 @@ class Ingress:
             raise ApiError(
                 409, "conflict", f"job {job_id} is {job['status']}; the manifest exists once it succeeded"
             )
-        return read_json(os.path.join(job["output"], "manifest.json"))
+        return (location(job["output"]) / "manifest.json").read_json()
 
     @api.delete("/v1/jobs/{job_id}", tags=["jobs"])
     async def cancel_job(
@@ -446,7 +446,7 @@ def build_app(args: dict[str, Any] | None = None) -> serve.Application:
     The API token comes from ``GENAUG_API_TOKEN``
     (only its sha256 travels in the deployment's arguments)."""
     args = dict(args or {})
-    home = str(resolve_home(args.get("home")))
+    home = resolve_home(args.get("home")).uri
     token = args.get("api_token") or os.environ.get("GENAUG_API_TOKEN")
     token_sha256 = hashlib.sha256(token.encode()).hexdigest() if token else None
     gpu = float(args.get("gpu_per_replica", 0) or 0)
