@@ -13,13 +13,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs.storage import resolve_home
+from jobs.storage import HOME_HELP, resolve_home, state_dir
 
 
 def _home_parent(default: object = None) -> argparse.ArgumentParser:
     """``--home``; sub-actions pass ``argparse.SUPPRESS`` so they keep a ``--home`` given before them."""
     p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--home", default=default, help="storage root (default $GENAUG_HOME or ./genaug-data)")
+    p.add_argument("--home", default=default, help=HOME_HELP)
     return p
 
 
@@ -165,7 +165,7 @@ def _jobs_backend(args: argparse.Namespace):
         return contextlib.nullcontext(Client())
     from cluster.queue import JobStore
 
-    store = JobStore(resolve_home(args.home) / "state" / "queue.sqlite")
+    store = JobStore(state_dir(args.home) / "queue.sqlite")  # always local (jobs.storage.state_dir)
 
     class Local:
         def jobs(self, status):

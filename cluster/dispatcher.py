@@ -23,16 +23,16 @@ import logging
 import os
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
+import pyarrow.fs as pafs
 import ray
 
 from cluster.queue import InvalidTransition, JobNotFound, JobStatus, JobStore, QueueError
 from jobs import shards
 from jobs.generate import JobSpec, ShardTask, lineage, new_job_id, validate_request
 from jobs.registry import Registry
-from jobs.storage import resolve_home
+from jobs.storage import location, resolve_home, state_dir
 
 log = logging.getLogger("genaug.queue")
 
@@ -56,8 +56,10 @@ class QueueOwner:
         max_total_rows: int | None = None,
         poll_s: float = 0.2,
     ):
-        self.home = resolve_home(home)
-        self.store = JobStore(self.home / "state" / "queue.sqlite", lease_s=lease_s)
+        self.home = resolve_home(home)  # a local folder or an object-store URI
+        # The queue database is always on this (the head) node's disk: under the root when it is a
+        # local folder, else under $GENAUG_STATE_DIR (jobs.storage.state_dir).
+        self.store = JobStore(state_dir(self.home) / "queue.sqlite", lease_s=lease_s)
         self.owner = f"queue-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.app_name, self.deployment = app_name, deployment
         self.max_running, self.max_in_flight = max_running, max_in_flight
@@ -81,7 +83,7 @@ class QueueOwner:
     async def ready(self) -> dict:
         """Start the dispatch loop (idempotent) and report the owner's identity."""
         self._ensure_loop()
-        return {"owner": self.owner, "pid": os.getpid(), "requeued": self.requeued, "home": str(self.home)}
+        return {"owner": self.owner, "pid": os.getpid(), "requeued": self.requeued, "home": self.home.uri}
 
     async def submit(self, request: dict, idempotency_key: str | None = None) -> dict:
         """Validate ``request`` and queue it; the same ``idempotency_key`` returns the same job."""
@@ -304,12 +306,11 @@ def _reason(e: BaseException) -> str:
 def _remove_unrecorded(spec: JobSpec, recorded: set) -> None:
     """After a cancel: delete shard files the queue did not record, and any temporary file."""
     shards.cleanup_temp(spec.output)
-    data = Path(spec.output) / "data"
-    keep = {Path(shards.shard_path(int(k), spec.num_shards)).name for k in recorded}
-    if data.is_dir():
-        for p in data.iterdir():
-            if p.name not in keep:
-                p.unlink(missing_ok=True)
+    data = location(spec.output) / shards.DATA_DIR
+    keep = {shards.shard_path(int(k), spec.num_shards).rpartition("/")[2] for k in recorded}
+    for info in data.list():
+        if info.type == pafs.FileType.File and info.base_name not in keep:
+            data.child(info).delete()
 
 
 def get_queue(home: str | os.PathLike | None = None, **options: Any):
@@ -325,6 +326,6 @@ def get_queue(home: str | os.PathLike | None = None, **options: Any):
         num_cpus=0,
         max_concurrency=1000,
         resources={"node:__internal_head__": 0.001},
-    ).remote(str(resolve_home(home)), **options)
+    ).remote(resolve_home(home).uri, **options)
     ray.get(handle.ready.remote())
     return handle

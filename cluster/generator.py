@@ -50,8 +50,6 @@ class Generator:
 
     def model(self, ref: str) -> torch.nn.Module:
         """The loaded model for ``name:vK`` (LRU cache); ``ModelUnavailable`` when it cannot be loaded."""
-        from models.checkpoint import load_checkpoint
-
         with self._lock:
             if ref in self._models:
                 self._models.move_to_end(ref)
@@ -59,7 +57,7 @@ class Generator:
             mv = self.registry.resolve(ref)
             t0 = time.perf_counter()
             try:
-                model = load_checkpoint(mv.path, device=str(self.device)).model
+                model = mv.load(device=str(self.device)).model  # downloaded first from an object store
             except (ValueError, FileNotFoundError, RuntimeError, OSError) as e:
                 raise ModelUnavailable(f"model {ref} is unavailable: {e}") from None
             self.load_times[ref] = time.perf_counter() - t0

@@ -55,10 +55,10 @@ def run(args: argparse.Namespace) -> int:
                 totals = job["result"]["totals"]
                 print(f"   {info['ref']}: {totals['rows']:,} rows -> {job['output']}")
                 print("     per class: " + ", ".join(f"{k}={v}" for k, v in totals["per_class"].items()))
-                grid = home / "models" / info["name"] / f"v{info['version']}" / "samples.png"
+                grid = home.join("models", info["name"], f"v{info['version']}", "samples.png")
                 print(f"     sample grid: {grid}")
     print(f"\ndone in {time.perf_counter() - t0:.0f} s; nothing left running.\n")
-    out = finished[-1]["output"] if finished else str(home / "datasets")
+    out = finished[-1]["output"] if finished else (home / "datasets").uri
     print("Next:")
     print(
         "  genaug serve                                   # the API on http://127.0.0.1:8000 (docs at /docs)"

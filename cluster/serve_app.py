@@ -32,7 +32,7 @@ from cluster.generator import Generator, ModelUnavailable
 from cluster.queue import InvalidTransition, JobNotFound, QueueError
 from jobs.generate import TEMPERATURE_RANGE, parse_counts
 from jobs.registry import SAMPLES_PNG, Registry, UnknownModel
-from jobs.storage import read_json, resolve_home
+from jobs.storage import location, resolve_home
 
 APP_NAME = "genaug"
 DEFAULT_INLINE_CAP = 4096
@@ -232,8 +232,8 @@ def _summary(mv) -> dict[str, Any]:
         "checkpoint_sha256",
     )
     out = {"ref": mv.ref, "version": mv.version, **{k: info.get(k) for k in keys}}
-    eval_path = mv.path / "eval.json"
-    out["metrics"] = read_json(eval_path) if eval_path.is_file() else None
+    eval_path = mv.location / "eval.json"
+    out["metrics"] = eval_path.read_json() if eval_path.is_file() else None
     return out
 
 
@@ -408,10 +408,10 @@ class Ingress:
             mv = self.registry.resolve(ref)
         except ValueError as e:
             raise _classify(e) from None
-        path = mv.path / SAMPLES_PNG
-        if not path.is_file():
+        grid = mv.location / SAMPLES_PNG
+        if not grid.is_file():
             raise ApiError(404, "not found", f"{mv.ref} has no {SAMPLES_PNG}; POST /v1/samples draws one")
-        return Response(path.read_bytes(), media_type="image/png", headers={"X-Genaug-Model": mv.ref})
+        return Response(grid.read_bytes(), media_type="image/png", headers={"X-Genaug-Model": mv.ref})
 
     @api.get("/v1/stats", tags=["health"])
     async def stats(self, authorization: str | None = Header(None)) -> dict:
@@ -536,13 +536,13 @@ class Ingress:
     async def get_manifest(self, job_id: str, authorization: str | None = Header(None)) -> dict:
         """The finished dataset's manifest.json (409 until the job has succeeded)."""
         self.check_token(authorization)
-        return read_json(os.path.join(await self._finished_output(job_id, "manifest"), "manifest.json"))
+        return (location(await self._finished_output(job_id, "manifest")) / "manifest.json").read_json()
 
     @api.get("/v1/jobs/{job_id}/card", tags=["jobs"])
     async def get_card(self, job_id: str, authorization: str | None = Header(None)) -> Response:
         """The finished dataset's card, README.md (409 until the job has succeeded)."""
         self.check_token(authorization)
-        card = Path(await self._finished_output(job_id, "card")) / "README.md"
+        card = location(await self._finished_output(job_id, "card")) / "README.md"
         return Response(card.read_bytes(), media_type="text/markdown; charset=utf-8")
 
     async def _finished_output(self, job_id: str, what: str) -> str:
@@ -568,7 +568,7 @@ def build_app(args: dict[str, Any] | None = None) -> serve.Application:
     The API token comes from ``GENAUG_API_TOKEN``
     (only its sha256 travels in the deployment's arguments)."""
     args = dict(args or {})
-    home = str(resolve_home(args.get("home")))
+    home = resolve_home(args.get("home")).uri
     token = args.get("api_token") or os.environ.get("GENAUG_API_TOKEN")
     token_sha256 = hashlib.sha256(token.encode()).hexdigest() if token else None
     gpu = float(args.get("gpu_per_replica", 0) or 0)

@@ -51,7 +51,7 @@ def deploy(
     http = _get_global_client().http_config
     host, port = http.host, http.port
     serve.run(
-        build_app({"home": str(resolve_home(home)), **(app_args or {})}), name=APP_NAME, route_prefix="/"
+        build_app({"home": resolve_home(home).uri, **(app_args or {})}), name=APP_NAME, route_prefix="/"
     )
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
     wait_ready(url, timeout_s)

@@ -24,83 +24,96 @@ import pyarrow.parquet as pq
 
 from jobs import shards
 from jobs.shards import VerifyReport
-from jobs.storage import resolve_home
+from jobs.storage import HOME_HELP, Location, join_path, location, resolve_home
 
 DATASETS_DIR = "datasets"
 
 
-def _size_on_disk(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
+def _iso(ts: datetime | None) -> str | None:
+    return ts.astimezone(timezone.utc).isoformat(timespec="seconds") if ts is not None else None
 
 
-def _mtime_iso(path: Path) -> str:
-    return datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).isoformat(timespec="seconds")
-
-
-def _committed_rows(folder: Path) -> tuple[int, int, list[str]]:
+def _committed_rows(folder: Location, files: list[pafs.FileInfo]) -> tuple[int, int, list[str]]:
     """(rows, shard files, problems) from the Parquet footers of the committed shards of a folder."""
-    rows, files, problems = 0, 0, []
-    data = folder / shards.DATA_DIR
-    for path in sorted(data.glob("*.parquet")) if data.is_dir() else []:
-        if path.name.startswith(shards.TEMP_PREFIX):
+    rows, count, problems = 0, 0, []
+    data = join_path(folder.path, shards.DATA_DIR)
+    for info in files:
+        if (
+            info.path.rpartition("/")[0] != data
+            or not info.base_name.endswith(".parquet")
+            or info.base_name.startswith(shards.TEMP_PREFIX)
+        ):
             continue
         try:
-            rows += pq.ParquetFile(path).metadata.num_rows
-            files += 1
+            with folder.fs.open_input_file(info.path) as f:
+                rows += pq.ParquetFile(f).metadata.num_rows
+            count += 1
         except Exception as e:  # noqa: BLE001 - a damaged shard is reported, not fatal, when listing
-            problems.append(f"{path.name}: unreadable ({type(e).__name__})")
-    return rows, files, problems
+            problems.append(f"{info.base_name}: unreadable ({type(e).__name__})")
+    return rows, count, problems
 
 
-def describe_folder(folder: str | os.PathLike) -> dict[str, Any]:
-    """One ``list_datasets`` entry for a local dataset folder (finished or not); never raises for damage.
+def describe_folder(folder: str | os.PathLike | Location) -> dict[str, Any]:
+    """One ``list_datasets`` entry for a dataset folder (finished or not); never raises for damage.
 
-    Keys: path, job_id, model, rows, shards, size_bytes, created_at, complete (``_SUCCESS`` present),
-    problem (None, or why the manifest could not be used).
+    ``folder`` is a local path, a URI or a Location. Keys: path, job_id, model, rows, shards,
+    size_bytes, created_at, complete (``_SUCCESS`` present), problem (None, or why the manifest could
+    not be used). One recursive listing, plus the manifest (or the shard footers when it is missing).
     """
-    path = Path(folder)
+    loc = location(folder)
+    files = [i for i in loc.list(recursive=True) if i.type == pafs.FileType.File]
+    names = {i.path for i in files}
+    folder_mtime = loc.info().mtime  # None on object stores: use the newest object instead
+    newest = max((i.mtime for i in files if i.mtime is not None), default=None)
     entry: dict[str, Any] = {
-        "path": str(path),
-        "job_id": path.name,
+        "path": loc.uri,
+        "job_id": loc.name,
         "model": None,
         "rows": 0,
         "shards": 0,
-        "size_bytes": _size_on_disk(path),
-        "created_at": _mtime_iso(path),
-        "complete": (path / shards.SUCCESS).is_file(),
+        "size_bytes": sum(i.size or 0 for i in files),
+        "created_at": _iso(folder_mtime or newest),
+        "complete": join_path(loc.path, shards.SUCCESS) in names,
         "problem": None,
     }
     manifest = None
-    if (path / shards.MANIFEST).is_file():
+    if join_path(loc.path, shards.MANIFEST) in names:
         try:
-            manifest = json.loads((path / shards.MANIFEST).read_text())
+            manifest = (loc / shards.MANIFEST).read_json()
             totals = manifest["totals"]
             entry["rows"], entry["shards"] = int(totals["rows"]), int(totals["shards"])
-        except (ValueError, KeyError, TypeError) as e:
+        except (ValueError, KeyError, TypeError, FileNotFoundError) as e:
             manifest, entry["problem"] = None, f"unreadable manifest.json ({type(e).__name__})"
     if manifest is None:
-        rows, files, problems = _committed_rows(path)
-        entry["rows"], entry["shards"] = rows, files
+        rows, count, problems = _committed_rows(loc, files)
+        entry["rows"], entry["shards"] = rows, count
         if problems and entry["problem"] is None:
             entry["problem"] = "; ".join(problems)
         return entry
     request, lineage = manifest.get("request") or {}, manifest.get("lineage") or {}
-    entry["job_id"] = str(request.get("job_id") or path.name)
+    entry["job_id"] = str(request.get("job_id") or loc.name)
     entry["model"] = lineage.get("model") or request.get("model")
     entry["created_at"] = manifest.get("created_at") or entry["created_at"]
     return entry
 
 
-def list_datasets(home: str | os.PathLike | None = None) -> list[dict[str, Any]]:
+def _dataset_folders(root: Location) -> list[Location]:
+    """The folders directly under ``root`` (local symlinks are skipped: they may point anywhere)."""
+    return [
+        root.child(i)
+        for i in root.list()
+        if i.type == pafs.FileType.Directory and not (root.is_local and os.path.islink(i.path))
+    ]
+
+
+def list_datasets(home: str | os.PathLike | Location | None = None) -> list[dict[str, Any]]:
     """Every dataset folder under ``<home>/datasets`` (finished, incomplete or damaged), newest first.
 
     Each entry: {path, job_id, model, rows, shards, size_bytes, created_at, complete, problem}; for a
     folder without a manifest (a running or crashed job) ``rows``/``shards`` count the committed shards.
+    Works the same on a local root and on an ``s3://``/``gs://`` root.
     """
-    root = resolve_home(home) / DATASETS_DIR
-    if not root.is_dir():
-        return []
-    entries = [describe_folder(p) for p in sorted(root.iterdir()) if p.is_dir() and not p.is_symlink()]
+    entries = [describe_folder(p) for p in _dataset_folders(resolve_home(home) / DATASETS_DIR)]
     entries.sort(key=lambda e: e["path"])
     entries.sort(key=lambda e: e["created_at"] or "", reverse=True)
     return entries
@@ -132,13 +145,13 @@ def show_dataset(uri: str | os.PathLike, *, filesystem: pafs.FileSystem | None =
             "(`genaug datasets list` flags incomplete ones)"
         ) from None
     except ValueError as e:
-        raise ValueError(f"{base}/{shards.MANIFEST} is not valid JSON: {e}") from None
+        raise ValueError(f"{join_path(base, shards.MANIFEST)} is not valid JSON: {e}") from None
     try:
-        with fs.open_input_stream(f"{base}/{shards.CARD}") as f:
+        with fs.open_input_stream(join_path(base, shards.CARD)) as f:
             card: str | None = f.read().decode()
     except FileNotFoundError:
         card = None
-    complete = fs.get_file_info(f"{base}/{shards.SUCCESS}").type == pafs.FileType.File
+    complete = fs.get_file_info(join_path(base, shards.SUCCESS)).type == pafs.FileType.File
     request, lineage = manifest.get("request") or {}, manifest.get("lineage") or {}
     totals = manifest.get("totals") or {}
     return {
@@ -170,21 +183,24 @@ def verify(
 # --------------------------------------------------------------------------------------------------
 
 
-def resolve_dataset(uri: str, home: str | os.PathLike | None = None) -> str:
-    """A CLI dataset argument -> folder/URI: URIs, existing paths, else ``<home>/datasets/URI``."""
+def resolve_dataset(uri: str, home: str | os.PathLike | Location | None = None) -> str:
+    """A CLI dataset argument -> folder/URI: URIs, existing paths, else ``<home>/datasets/URI``.
+
+    The root may be local or an object store; a job id is looked up under its ``datasets/``.
+    """
     if "://" in uri or Path(uri).expanduser().exists():
         return uri if "://" in uri else str(Path(uri).expanduser().absolute())
     root = resolve_home(home) / DATASETS_DIR
-    if "/" not in uri and os.sep not in uri and (root / uri).is_dir():
-        return str(root / uri)
-    names = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    if uri and "/" not in uri and os.sep not in uri and uri not in (".", "..") and (root / uri).is_dir():
+        return (root / uri).uri
+    names = sorted(p.name for p in _dataset_folders(root))
     raise FileNotFoundError(
         f"no dataset {uri!r}; valid: a dataset folder, a URI, or a job id under {root}: "
         f"{', '.join(names[:10]) or '(none)'}{' ...' if len(names) > 10 else ''}"
     )
 
 
-_HOME_HELP = "storage root (default $GENAUG_HOME or ./genaug-data)"
+_HOME_HELP = HOME_HELP
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

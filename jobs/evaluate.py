@@ -10,7 +10,8 @@ What is measured (definitions follow /work/shared/REFERENCE.md, "Evaluation of c
 generators"; every function below states its exact protocol in its docstring):
 
 - a *domain feature extractor*: a small CNN classifier trained on the dataset's train split, cached in
-  ``<home>/cache/classifiers/<train fingerprint>.pt`` (+ ``.json`` with its test accuracy). Its
+  ``<home>/cache/classifiers/<train fingerprint>.pt`` (+ ``.json`` with its test accuracy; with an
+  ``s3://``/``gs://`` root the cache stays local, under ``$GENAUG_STATE_DIR``). Its
   penultimate layer is the feature space for FID, precision/recall and density/coverage ("Fréchet
   LeNet distance": Inception weights cannot be downloaded here and do not fit 8x8 digits anyway);
 - ``fid`` (with the real-train vs real-test floor), ``precision_recall`` (k=3), ``density_coverage``
@@ -19,10 +20,11 @@ generators"; every function below states its exact protocol in its docstring):
   scikit-learn digits protocol), ``memorisation`` (near-copies of training images) and
   ``augmentation_gain`` (k real images per class vs k plus samples of a generator trained on those k).
 
-Results go into the model version directory: ``eval.json``, ``eval.md`` and PNG figures (these are the
-only files ever added to a published version). Everything runs in one process on the CPU: evaluation
-is small next to training, and one process keeps the seeds meaningful. Torch is pinned to one thread
-while a network trains, because CPU results depend on the thread count.
+Results go into the model version directory (local or in the object store): ``eval.json``,
+``eval.md`` and PNG figures (these are the only files ever added to a published version). Everything
+runs in one process on the CPU: evaluation is small next to training, and one process keeps the seeds
+meaningful. Torch is pinned to one thread while a network trains, because CPU results depend on the
+thread count.
 """
 
 from __future__ import annotations
@@ -50,9 +52,18 @@ from torch import Tensor, nn
 from jobs.data import ImageDataset, load_dataset
 from jobs.generate import generate_uint8
 from jobs.registry import Registry
-from jobs.storage import read_json, resolve_home, write_bytes_atomic, write_json_atomic
+from jobs.storage import (
+    HOME_HELP,
+    Location,
+    cache_dir,
+    location,
+    read_json,
+    resolve_home,
+    write_bytes_atomic,
+    write_json_atomic,
+)
 from models.blocks import diff_augment
-from models.checkpoint import build_model, load_checkpoint
+from models.checkpoint import build_model
 
 CLASSIFIER_VERSION = 1  # bump when FeatureCNN or its training changes: old cache files are then retrained
 CHUNK_ELEMENTS = 1 << 22  # distances held at once by the kNN helpers (4M float64 = 32 MB)
@@ -229,8 +240,12 @@ def accuracy(classifier: nn.Module, images: Tensor, labels: Tensor) -> float:
 
 
 def classifier_cache_paths(home: str | Path | None, train: ImageDataset) -> tuple[Path, Path]:
-    """``(<home>/cache/classifiers/<fingerprint>.pt, ... .json)`` for a train split."""
-    folder = resolve_home(home) / "cache" / "classifiers"
+    """``(<cache>/classifiers/<fingerprint>.pt, ... .json)`` for a train split.
+
+    ``<cache>`` is ``jobs.storage.cache_dir(home)``: ``<home>/cache`` for a local root, a local folder
+    under ``$GENAUG_STATE_DIR`` for an object-store root (a cache stays on local disk).
+    """
+    folder = cache_dir(home) / "classifiers"
     return folder / f"{train.fingerprint}.pt", folder / f"{train.fingerprint}.json"
 
 
@@ -782,7 +797,7 @@ def evaluate(
     home = resolve_home(home)
     mv = Registry(home).resolve(model_ref)
     info = mv.info
-    ckpt = load_checkpoint(mv.path)
+    ckpt = mv.load()
     model, model_type = ckpt.model, ckpt.model_type
     spec = dataset or info.get("dataset")
     if not spec:
@@ -1008,7 +1023,7 @@ def evaluate(
     }
     report["duration_s"] = round(time.perf_counter() - t_start, 2)
     if write:
-        report["figures"] = write_report(mv.path, report, first, labels, n_per_class, C)
+        report["figures"] = write_report(mv.location, report, first, labels, n_per_class, C)
     return report
 
 
@@ -1137,7 +1152,7 @@ def _draw_metrics(report: Mapping[str, Any]) -> Callable[[Any], None]:
 
 
 def write_report(
-    version_dir: Path,
+    version_dir: Path | Location | str,
     report: dict[str, Any],
     samples: Tensor,
     labels: Tensor,
@@ -1145,7 +1160,7 @@ def write_report(
     num_classes: int,
 ) -> dict[str, str]:
     """Write eval PNGs, ``eval.json`` and ``eval.md`` atomically into ``version_dir``; return figure notes."""
-    version_dir = Path(version_dir)
+    version_dir = location(version_dir)  # a local folder or an object-store prefix
     figures: dict[str, str] = {}
     per_row = min(10, n_per_class)
     idx = torch.cat([torch.nonzero(labels == c).flatten()[:per_row] for c in range(num_classes)])
@@ -1233,7 +1248,7 @@ def run(args: argparse.Namespace) -> int:
     )
     for r in [header, *rows]:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
-    path = Registry(getattr(args, "home", None)).resolve(report["model"]).path
+    path = Registry(getattr(args, "home", None)).resolve(report["model"]).location
     print(f"report: {path / 'eval.md'}")
     return 0
 
@@ -1245,7 +1260,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--home", default=None, help="storage root (default $GENAUG_HOME or ./genaug-data)")
+    p.add_argument("--home", default=None, help=HOME_HELP)
     add_arguments(p)
     args = p.parse_args(argv)
     try:

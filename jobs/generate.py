@@ -25,16 +25,16 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.fs as pafs
 import torch
 
 from jobs import shards
 from jobs.data import denormalize_uint8
 from jobs.registry import ModelVersion, Registry
-from jobs.storage import confine, resolve_home
+from jobs.storage import HOME_HELP, location, resolve_home, validate_name
 
 MAX_TOTAL_ROWS = 10_000_000
 MAX_SHARDS = 100_000
@@ -67,7 +67,7 @@ class JobSpec:
     counts: tuple[int, ...]  # rows per class index (0 allowed for classes not asked for)
     seed: int  # job seed; shard k's seed derives from (seed, k)
     shard_rows: int  # rows per shard (the last may be shorter)
-    output: str  # absolute output directory
+    output: str  # output folder: an absolute local path or a URI (s3://..., gs://...) under the root
     temperature: float = 1.0  # noise scale (1 = the trained distribution)
     priority: int = 0  # higher runs first
     filter: str | None = None  # reserved for quality filtering ("label")
@@ -215,9 +215,12 @@ def validate_request(
     filt = req.get("filter")
     if filt is not None:  # the classifier-based rejection filter is not built yet: refuse, never ignore
         raise ValueError(f"filter {filt!r} is not available yet; valid: no filter")
-    out = req.get("out") or req.get("output") or f"datasets/{job_id}"
-    output = confine(home, out)
-    if output.exists() and (not output.is_dir() or (any(output.iterdir()) and not allow_existing)):
+    out = req.get("out") or req.get("output") or home.join("datasets", validate_name(job_id, "job id")).uri
+    output = home.confine(out)
+    kind = output.info().type
+    if kind == pafs.FileType.File or (
+        kind == pafs.FileType.Directory and output.list() and not allow_existing
+    ):
         raise ValueError(f"output {str(out)!r} already exists and is not empty; choose a new path")
     return JobSpec(
         model=mv.ref,
@@ -225,7 +228,7 @@ def validate_request(
         counts=counts,
         seed=seed,
         shard_rows=shard_rows,
-        output=str(output),
+        output=output.uri,
         temperature=float(temperature),
         priority=priority,
         filter=filt,
@@ -358,7 +361,7 @@ def lineage(mv: ModelVersion) -> dict[str, Any]:
         "type": info.get("type"),
         "checkpoint_sha256": info.get("checkpoint_sha256"),
         "training_data": info.get("data"),
-        "model_path": str(mv.path),
+        "model_path": mv.uri,
     }
 
 
@@ -392,7 +395,7 @@ def run_job_with_ray_tasks(
     while todo or pending:
         while todo and len(pending) < max_in_flight:
             k = todo.pop(0)
-            pending[remote.remote(str(home), ShardTask.of(spec, job_id, k).to_dict())] = k
+            pending[remote.remote(home.uri, ShardTask.of(spec, job_id, k).to_dict())] = k
         ready, _ = ray.wait(list(pending), num_returns=1)
         for ref in ready:
             pending.pop(ref)
@@ -411,27 +414,27 @@ def run_job_with_ray_tasks(
 
 
 def _existing_shards(spec: JobSpec) -> list[dict[str, Any]]:
-    """Committed shard files of an interrupted run (final names only), re-described from disk.
+    """Committed shard files of an interrupted run (final names only), re-described from storage.
 
     A damaged file is deleted so that the shard is generated again.
     """
+    out = location(spec.output)
+    present = {info.base_name for info in (out / shards.DATA_DIR).list()}
     found = []
     for k in range(spec.num_shards):
-        path = Path(spec.output) / shards.shard_path(k, spec.num_shards)
-        if path.is_file():
+        rel = shards.shard_path(k, spec.num_shards)
+        if rel.rsplit("/", 1)[-1] in present:
             try:
-                found.append(shards.describe_shard(spec.output, k, spec.num_shards))
+                found.append(shards.describe_shard(out, k, spec.num_shards))
             except ValueError:
-                path.unlink()
+                out.join(rel).delete()
     return found
 
 
 def _shard_task(home: str, task: dict) -> dict[str, Any]:
-    from models.checkpoint import load_checkpoint
-
     t = ShardTask.from_dict(task)
     device = "cuda" if torch.cuda.is_available() else "cpu"  # Ray sets CUDA_VISIBLE_DEVICES per task
-    model = load_checkpoint(Registry(home).resolve(t.model).path, device=device).model
+    model = Registry(home).resolve(t.model).load(device=device).model
     return run_shard(model, t)
 
 
@@ -444,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--home", default=None, help="storage root (default $GENAUG_HOME or ./genaug-data)")
+    p.add_argument("--home", default=None, help=HOME_HELP)
     p.add_argument("--job-id", default=None, help="job id; rerun with the same id to resume (default: new)")
     add_request_arguments(p)
     p.add_argument(

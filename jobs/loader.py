@@ -62,6 +62,7 @@ import pyarrow.parquet as pq
 import torch
 
 from jobs import shards
+from jobs.storage import join_path
 
 IMAGE_DTYPES = ("float", "uint8")
 _FILES_OPEN = 4  # Parquet files kept open per iterator (units of one file are often consecutive)
@@ -251,7 +252,7 @@ def _expand(uri: str | os.PathLike, filesystem: pafs.FileSystem | None, allow_in
             f"no dataset or Parquet file at {os.fspath(uri)!r}; valid: a dataset folder (with "
             f"{shards.SUCCESS}), a .parquet file, or a list of them"
         )
-    if not allow_incomplete and fs.get_file_info(f"{base}/{shards.SUCCESS}").type != pafs.FileType.File:
+    if not allow_incomplete and fs.get_file_info(join_path(base, shards.SUCCESS)).type != pafs.FileType.File:
         raise ValueError(
             f"dataset folder {base} has no {shards.SUCCESS}: its job did not finish (or is still running); "
             "valid: a finished dataset, or allow_incomplete=True to read the shards committed so far"
@@ -263,8 +264,8 @@ def _expand(uri: str | os.PathLike, filesystem: pafs.FileSystem | None, allow_in
     except ValueError as e:
         raise ValueError(f"{base}/{shards.MANIFEST} is not valid JSON: {e}") from None
     if manifest is not None:
-        return fs, [f"{base}/{s['path']}" for s in manifest["shards"]], manifest
-    for folder in (f"{base}/{shards.DATA_DIR}", base):
+        return fs, [join_path(base, s["path"]) for s in manifest["shards"]], manifest
+    for folder in (join_path(base, shards.DATA_DIR), base):
         infos = fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
         found = sorted(
             i.path

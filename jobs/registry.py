@@ -2,23 +2,32 @@
 
 A version directory holds the checkpoint (``config.json``, ``weights.pt``, ``classes.json``,
 ``data.json`` - see ``models.checkpoint``), ``model.json`` (what it is and how it was trained) and
-``samples.png`` (one row per class). A version is built in a hidden temporary directory and published
-with one atomic rename, so a half-written version is never visible; published versions never change.
+``samples.png`` (one row per class). A version is published only when whole; published versions
+never change (evaluation only adds its ``eval.*`` files):
+
+- on a local root it is built in a hidden temporary directory and published with one atomic rename;
+- on an object-store root (``s3://``, ``gs://``; see ``jobs.storage``) its files are uploaded into
+  ``v<k>/`` one by one and ``model.json`` is uploaded *last*: it is the commit marker, and a ``v<k>/``
+  without it (an upload in progress, or one that crashed) is not a version. Object stores have no
+  atomic create-if-absent here, so two processes must not register the same model name at the same
+  moment; different names never interfere.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
 import shutil
+import tempfile
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jobs.storage import read_json, resolve_home, validate_name, write_json_atomic
+from jobs.storage import Location, location, resolve_home, validate_name, write_json_atomic
 
 _VERSION_RE = re.compile(r"^v(\d+)$")
 MODEL_JSON = "model.json"
@@ -35,11 +44,11 @@ class ModelUnavailable(ValueError):
 
 @dataclass(frozen=True)
 class ModelVersion:
-    """One registered model version."""
+    """One registered model version; ``location`` is its folder (local or in an object store)."""
 
     name: str
     version: int
-    path: Path
+    location: Location
 
     @property
     def ref(self) -> str:
@@ -47,22 +56,54 @@ class ModelVersion:
         return f"{self.name}:v{self.version}"
 
     @property
+    def uri(self) -> str:
+        """The version folder as a string: a local path or ``s3://...``."""
+        return self.location.uri
+
+    @property
+    def path(self) -> Path:
+        """The version folder on local disk (``ValueError`` on an object-store root: use ``load``)."""
+        return self.location.local_path
+
+    @property
     def info(self) -> dict[str, Any]:
         """The version's ``model.json`` (cached: a published version never changes)."""
-        return _model_json(str(self.path))
+        return _model_json(self.location.uri)
+
+    @contextlib.contextmanager
+    def checkpoint_dir(self) -> Iterator[Path]:
+        """A local folder holding the checkpoint files: the version itself, or a downloaded copy."""
+        from models.checkpoint import CHECKPOINT_FILES
+
+        if self.location.is_local:
+            yield self.location.local_path
+            return
+        with tempfile.TemporaryDirectory(prefix="genaug-ckpt-") as tmp:
+            try:
+                self.location.download_files(tmp, CHECKPOINT_FILES)
+            except FileNotFoundError as e:
+                raise FileNotFoundError(f"checkpoint of {self.ref} is incomplete: {e}") from None
+            yield Path(tmp)
+
+    def load(self, device: str = "cpu"):
+        """``models.checkpoint.load_checkpoint`` of this version (downloaded first when remote)."""
+        from models.checkpoint import load_checkpoint
+
+        with self.checkpoint_dir() as d:
+            return load_checkpoint(d, device=device)
 
 
 @functools.lru_cache(maxsize=256)
-def _model_json(path: str) -> dict[str, Any]:
+def _model_json(uri: str) -> dict[str, Any]:
     """Read (and cache) a version's ``model.json``; ``ModelUnavailable`` when it is missing or damaged."""
-    file = Path(path) / MODEL_JSON
-    ref = f"{file.parent.parent.name}:{file.parent.name}"
+    file = location(uri).join(MODEL_JSON)
+    ref = "{}:{}".format(*uri.rstrip("/").rsplit("/", 2)[-2:])
     try:
-        info = read_json(file)
+        info = file.read_json()
     except (OSError, ValueError) as e:  # missing, unreadable, truncated or not UTF-8/JSON
-        raise ModelUnavailable(f"model {ref} is unavailable: cannot read {file}: {e}") from None
+        raise ModelUnavailable(f"model {ref} is unavailable: cannot read {file.uri}: {e}") from None
     if not isinstance(info, dict) or not isinstance(info.get("classes"), list):
-        raise ModelUnavailable(f"model {ref} is unavailable: {file} is damaged (no 'classes' list)")
+        raise ModelUnavailable(f"model {ref} is unavailable: {file.uri} is damaged (no 'classes' list)")
     return info
 
 
@@ -83,29 +124,44 @@ def parse_ref(ref: str) -> tuple[str, int | None]:
 
 
 class Registry:
-    """Model versions under ``<home>/models``."""
+    """Model versions under ``<home>/models`` (a local folder or an object-store prefix)."""
 
-    def __init__(self, home: str | os.PathLike | None = None):
+    def __init__(self, home: str | os.PathLike | Location | None = None):
         self.home = resolve_home(home)
         self.root = self.home / "models"
 
+    @staticmethod
+    def _scan(folder: Location, depth: int) -> dict[str, list[int]]:
+        """Published versions below ``folder`` from one listing: ``v<k>`` counts once its model.json exists.
+
+        ``depth`` 1: ``folder`` is one model (key ""); 2: ``folder`` holds models (key: the name).
+        """
+        found: dict[str, set[int]] = {}
+        for info in folder.list(recursive=True, max_depth=depth):
+            if info.base_name != MODEL_JSON:
+                continue
+            parts = folder.child(info).relative_to(folder).split("/")
+            m = _VERSION_RE.match(parts[-2]) if len(parts) == depth + 1 else None
+            if m:
+                found.setdefault(parts[0] if depth == 2 else "", set()).add(int(m.group(1)))
+        return {key: sorted(v) for key, v in found.items()}
+
     def names(self) -> list[str]:
         """Registered model names that have at least one version, sorted."""
-        if not self.root.is_dir():
-            return []
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and self.versions(p.name))
+        return sorted(self._scan(self.root, 2))
 
     def versions(self, name: str) -> list[int]:
         """The published version numbers of ``name``, ascending (empty when unknown)."""
         folder = self.root / validate_name(name, "model name")
-        if not folder.is_dir():
-            return []
-        found = (_VERSION_RE.match(p.name) for p in folder.iterdir())
-        return sorted(int(m.group(1)) for m in found if m)
+        return self._scan(folder, 1).get("", [])
 
     def list(self) -> list[ModelVersion]:
         """Every published version of every model."""
-        return [ModelVersion(n, v, self.root / n / f"v{v}") for n in self.names() for v in self.versions(n)]
+        return [
+            ModelVersion(n, v, self.root.join(n, f"v{v}"))
+            for n, versions in sorted(self._scan(self.root, 2).items())
+            for v in versions
+        ]
 
     def resolve(self, ref: str) -> ModelVersion:
         """Find ``NAME[:VERSION]`` (latest when no version); unknown names/versions list the valid ones."""
@@ -119,16 +175,39 @@ class Registry:
         elif version not in versions:
             valid = ", ".join(f"v{v}" for v in versions)
             raise UnknownModel(f"unknown version v{version} of model {name!r}; valid: {valid}")
-        return ModelVersion(name, version, self.root / name / f"v{version}")
+        return ModelVersion(name, version, self.root.join(name, f"v{version}"))
 
     def register(self, name: str, fill: Callable[[Path], dict[str, Any]]) -> ModelVersion:
         """Publish a new version of ``name``.
 
-        ``fill(tmpdir)`` writes the version's files into an empty temporary directory and returns the
-        ``model.json`` content; the directory is then renamed to the next free ``v<k>``. If ``fill``
-        raises, nothing is published.
+        ``fill(tmpdir)`` writes the version's files into an empty local temporary directory and returns
+        the ``model.json`` content; the files are then published as the next free ``v<k>`` (see the
+        module docstring). If ``fill`` or the publishing raises, nothing is published.
         """
         folder = self.root / validate_name(name, "model name")
+        if folder.is_local:
+            return self._register_local(name, folder.local_path, fill)
+        with tempfile.TemporaryDirectory(prefix="genaug-register-") as tmp:
+            info = dict(fill(Path(tmp)))
+            files = sorted(p.name for p in Path(tmp).iterdir() if p.is_file() and p.name != MODEL_JSON)
+            version = (self.versions(name) or [0])[-1] + 1
+            while (folder / f"v{version}").list():  # taken by a concurrent or crashed upload: skip it
+                version += 1
+            target = folder / f"v{version}"
+            try:
+                target.upload_files(tmp, files)
+                info.update(name=name, version=version, ref=f"{name}:v{version}")
+                write_json_atomic(Path(tmp) / MODEL_JSON, info)
+                target.upload_files(tmp, [MODEL_JSON])  # the commit marker, last
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    target.delete_tree()
+                raise
+        return ModelVersion(name, version, target)
+
+    def _register_local(
+        self, name: str, folder: Path, fill: Callable[[Path], dict[str, Any]]
+    ) -> ModelVersion:
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f".tmp-{uuid.uuid4().hex}"
         tmp.mkdir()
@@ -147,7 +226,7 @@ class Registry:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        return ModelVersion(name, version, folder / f"v{version}")
+        return ModelVersion(name, version, self.root.join(name, f"v{version}"))
 
 
 def register_model(

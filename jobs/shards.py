@@ -39,7 +39,6 @@ import os
 import re
 import struct
 import time
-import uuid
 import zlib
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -53,7 +52,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from jobs.storage import validate_name
+from jobs import storage
+from jobs.storage import join_path, validate_name
 
 FORMAT_VERSION = 1
 SPLIT = "train"
@@ -61,7 +61,7 @@ DATA_DIR = "data"
 MANIFEST = "manifest.json"
 CARD = "README.md"
 SUCCESS = "_SUCCESS"
-TEMP_PREFIX = ".tmp-"
+TEMP_PREFIX = storage.TEMP_PREFIX  # temporary names (".tmp-..."), never committed
 ROW_GROUP_ROWS = 1000  # rows per Parquet row group (<< HF's 100 MB guidance even for 64x64 RGB PNGs)
 DEFAULT_SHARD_ROWS = 10_000  # img2dataset's default samples per shard
 MAX_SEED = 2**63 - 1
@@ -312,23 +312,21 @@ def shard_labels(class_counts: Sequence[int], seed: int) -> np.ndarray:
 
 
 def resolve_output(
-    output: str | os.PathLike, filesystem: pafs.FileSystem | None = None
+    output: str | os.PathLike | storage.Location, filesystem: pafs.FileSystem | None = None
 ) -> tuple[pafs.FileSystem, str]:
-    """(filesystem, base path) for ``output``: a URI with a scheme via ``FileSystem.from_uri``, else local.
+    """(filesystem, base path) for ``output``: a local path, a URI or Location (``jobs.storage.location``).
 
     With an explicit ``filesystem``, ``output`` is a path inside it (a ``scheme://`` prefix is dropped).
     """
-    raw = os.fspath(output)
     if filesystem is not None:
+        raw = output.path if isinstance(output, storage.Location) else os.fspath(output)
         if "://" in raw:
             raw = raw.split("://", 1)[1]
         if isinstance(filesystem, pafs.LocalFileSystem):
             raw = os.path.abspath(raw)
         return filesystem, raw.rstrip("/") or "/"
-    if "://" in raw:
-        fs, path = pafs.FileSystem.from_uri(raw)
-        return fs, path.rstrip("/")
-    return pafs.LocalFileSystem(), os.path.abspath(raw)
+    loc = storage.location(output)
+    return loc.fs, loc.path.rstrip("/") or "/"
 
 
 def shard_path(shard: int, num_shards: int) -> str:
@@ -337,46 +335,24 @@ def shard_path(shard: int, num_shards: int) -> str:
 
 
 def _temp_path(path: str) -> str:
-    parent, _, name = path.rpartition("/")
-    return f"{parent}/{TEMP_PREFIX}{name}.{uuid.uuid4().hex}"
+    return storage.temp_path(path)
 
 
 def _delete_quietly(fs: pafs.FileSystem, path: str) -> None:
-    try:
-        fs.delete_file(path)
-    except (FileNotFoundError, OSError):
-        pass
+    storage._delete_quietly(fs, path)
 
 
 def _put_atomic(fs: pafs.FileSystem, path: str, data: bytes | pa.Buffer) -> None:
-    """Write ``data`` to a temp name beside ``path``, then move it there; remove the temp on any error.
+    """Write ``data`` so that ``path`` never holds a partial file (``jobs.storage.put_atomic``).
 
-    On local disk the temp file is fsynced and the move is an atomic rename; on object stores the temp
-    object is complete before the (server-side copy) move, so the final name never holds a partial file.
+    Local disk: temp file beside it, fsync, atomic rename. S3/GCS: one upload to the final key, which
+    becomes visible only once complete. Any other filesystem: temp object, then a move.
     """
-    fs.create_dir(path.rpartition("/")[0], recursive=True)
-    tmp = _temp_path(path)
-    try:
-        with fs.open_output_stream(tmp) as f:
-            f.write(data)
-        if isinstance(fs, pafs.LocalFileSystem):
-            fd = os.open(tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        fs.move(tmp, path)
-    except BaseException:
-        _delete_quietly(fs, tmp)
-        raise
+    storage.put_atomic(fs, path, data)
 
 
 def _read_bytes(fs: pafs.FileSystem, path: str) -> bytes:
-    try:
-        with fs.open_input_stream(path) as f:
-            return f.read()
-    except FileNotFoundError:
-        raise FileNotFoundError(f"missing file {path}") from None
+    return storage.read_bytes(fs, path)
 
 
 def _file_sha256(fs: pafs.FileSystem, path: str) -> str:
@@ -494,7 +470,7 @@ def write_shard(
     buf = table_to_parquet_bytes(table)
     fs, base = resolve_output(output, filesystem)
     rel = shard_path(int(shard), int(num_shards))
-    _put_atomic(fs, f"{base}/{rel}", buf)
+    _put_atomic(fs, join_path(base, rel), buf)
     per_class = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(names))
     return {
         "shard": int(shard),
@@ -518,7 +494,7 @@ def describe_shard(
     """
     fs, base = resolve_output(output, filesystem)
     rel = shard_path(int(shard), int(num_shards))
-    data = _read_bytes(fs, f"{base}/{rel}")
+    data = _read_bytes(fs, join_path(base, rel))
     try:
         table = pq.read_table(pa.BufferReader(data))
         classes = json.loads(table.schema.metadata[b"huggingface"])["info"]["features"]["label"]["names"]
@@ -553,14 +529,14 @@ def write_manifest(
     """Write ``manifest.json`` atomically; returns the sha256 of the bytes written."""
     fs, base = resolve_output(output, filesystem)
     data = (json.dumps(manifest, indent=2) + "\n").encode()
-    _put_atomic(fs, f"{base}/{MANIFEST}", data)
+    _put_atomic(fs, join_path(base, MANIFEST), data)
     return hashlib.sha256(data).hexdigest()
 
 
 def read_manifest(output: str | os.PathLike, *, filesystem: pafs.FileSystem | None = None) -> dict[str, Any]:
     """Read ``manifest.json``; ``FileNotFoundError`` naming it when it is missing."""
     fs, base = resolve_output(output, filesystem)
-    return json.loads(_read_bytes(fs, f"{base}/{MANIFEST}"))
+    return json.loads(_read_bytes(fs, join_path(base, MANIFEST)))
 
 
 def render_card(manifest: dict[str, Any]) -> str:
@@ -632,7 +608,7 @@ def write_card(
 ) -> None:
     """Write the dataset card ``README.md`` atomically from a manifest."""
     fs, base = resolve_output(output, filesystem)
-    _put_atomic(fs, f"{base}/{CARD}", render_card(manifest).encode())
+    _put_atomic(fs, join_path(base, CARD), render_card(manifest).encode())
 
 
 def mark_success(
@@ -640,7 +616,7 @@ def mark_success(
 ) -> None:
     """Write ``_SUCCESS`` (holding the manifest's sha256, if given) atomically. Call it last."""
     fs, base = resolve_output(output, filesystem)
-    _put_atomic(fs, f"{base}/{SUCCESS}", (manifest_sha256 + "\n").encode() if manifest_sha256 else b"")
+    _put_atomic(fs, join_path(base, SUCCESS), (manifest_sha256 + "\n").encode() if manifest_sha256 else b"")
 
 
 def _check_shard_list(shards: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -680,10 +656,10 @@ def finalize_dataset(
     names = _validate_classes(classes)
     ordered = _check_shard_list(shards)
     fs, base = resolve_output(output, filesystem)
-    infos = fs.get_file_info([f"{base}/{s['path']}" for s in ordered])
+    infos = fs.get_file_info([join_path(base, s["path"]) for s in ordered])
     for s, info in zip(ordered, infos, strict=True):
         if info.type != pafs.FileType.File:
-            raise FileNotFoundError(f"missing shard file {base}/{s['path']}")
+            raise FileNotFoundError(f"missing shard file {join_path(base, s['path'])}")
         if info.size != int(s["bytes"]):
             raise ValueError(f"shard {s['path']} has {info.size} bytes on disk; manifest says {s['bytes']}")
     per_class = {c: 0 for c in names}
@@ -716,7 +692,7 @@ def finalize_dataset(
         "duration_s": float(duration_s),
         "rows_per_s": rows / duration_s if duration_s > 0 else None,
     }
-    _delete_quietly(fs, f"{base}/{SUCCESS}")  # a re-finalize must not look committed half-way
+    _delete_quietly(fs, join_path(base, SUCCESS))  # a re-finalize must not look committed half-way
     digest = write_manifest(base, manifest, filesystem=fs)
     write_card(base, manifest, filesystem=fs)
     mark_success(base, digest, filesystem=fs)
@@ -772,14 +748,14 @@ def verify_dataset(
     fs, base = resolve_output(output, filesystem)
     report = VerifyReport(output=base)
     top = _list_names(fs, base)
-    data_files = _list_names(fs, f"{base}/{DATA_DIR}")
+    data_files = _list_names(fs, join_path(base, DATA_DIR))
     for info in top + data_files:
         if info.base_name.startswith(TEMP_PREFIX):
             report.add("temp_file", info.path, "leftover temporary file (run cleanup_temp)")
     try:
-        raw_manifest = _read_bytes(fs, f"{base}/{MANIFEST}")
+        raw_manifest = _read_bytes(fs, join_path(base, MANIFEST))
     except FileNotFoundError:
-        report.add("missing_manifest", f"{base}/{MANIFEST}", "no manifest.json: the job did not finish")
+        report.add("missing_manifest", join_path(base, MANIFEST), "no manifest.json: the job did not finish")
         return report
     try:
         manifest = json.loads(raw_manifest)
@@ -790,27 +766,29 @@ def verify_dataset(
             (s["path"], int(s["rows"]), int(s["bytes"]), str(s["sha256"]))
         shard_schema(classes)
     except (ValueError, KeyError, TypeError) as e:
-        report.add("bad_manifest", f"{base}/{MANIFEST}", f"unparsable manifest: {e!r}")
+        report.add("bad_manifest", join_path(base, MANIFEST), f"unparsable manifest: {e!r}")
         return report
     try:
-        success = _read_bytes(fs, f"{base}/{SUCCESS}").decode().strip()
+        success = _read_bytes(fs, join_path(base, SUCCESS)).decode().strip()
         if success and success != hashlib.sha256(raw_manifest).hexdigest():
             report.add(
-                "success_mismatch", f"{base}/{SUCCESS}", "manifest.json changed after _SUCCESS was written"
+                "success_mismatch",
+                join_path(base, SUCCESS),
+                "manifest.json changed after _SUCCESS was written",
             )
     except FileNotFoundError:
-        report.add("missing_success", f"{base}/{SUCCESS}", "no _SUCCESS: the job did not commit")
+        report.add("missing_success", join_path(base, SUCCESS), "no _SUCCESS: the job did not commit")
 
     expected = {s["path"]: s for s in shards}
     for info in data_files:
-        rel = f"{DATA_DIR}/{info.base_name}"
+        rel = join_path(DATA_DIR, info.base_name)
         if rel not in expected and not info.base_name.startswith(TEMP_PREFIX):
             report.add("extra_file", info.path, "not listed in manifest.json")
-    on_disk = {f"{DATA_DIR}/{i.base_name}": i for i in data_files if i.type == pafs.FileType.File}
+    on_disk = {join_path(DATA_DIR, i.base_name): i for i in data_files if i.type == pafs.FileType.File}
     want_schema = shard_schema(classes)
     rows_total = 0
     for rel, s in expected.items():
-        path = f"{base}/{rel}"
+        path = join_path(base, rel)
         info = on_disk.get(rel)
         if info is None:
             report.add("missing_shard", path, f"shard {s.get('shard')} listed in manifest.json is missing")
@@ -842,7 +820,7 @@ def verify_dataset(
         ):
             report.add("schema_mismatch", path, f"schema differs from shard_schema(classes): {schema}")
     if sum(int(s["rows"]) for s in shards) != totals.get("rows") or len(shards) != totals.get("shards"):
-        report.add("totals_mismatch", f"{base}/{MANIFEST}", "totals do not match the shard list")
+        report.add("totals_mismatch", join_path(base, MANIFEST), "totals do not match the shard list")
     return report
 
 
@@ -856,7 +834,7 @@ def cleanup_temp(
     fs, base = resolve_output(output, filesystem)
     now = time.time()
     removed = []
-    for info in _list_names(fs, base) + _list_names(fs, f"{base}/{DATA_DIR}"):
+    for info in _list_names(fs, base) + _list_names(fs, join_path(base, DATA_DIR)):
         if info.type != pafs.FileType.File or not info.base_name.startswith(TEMP_PREFIX):
             continue
         if min_age_s > 0 and info.mtime is not None and now - info.mtime.timestamp() < min_age_s:

@@ -34,7 +34,15 @@ import torch
 
 from jobs.data import DATASET_FORMS, load_dataset, parse_spec
 from jobs.registry import Registry
-from jobs.storage import read_json, resolve_home, validate_name, write_json_atomic
+from jobs.storage import (
+    HOME_HELP,
+    Location,
+    location,
+    read_json,
+    resolve_home,
+    validate_name,
+    write_json_atomic,
+)
 from models.checkpoint import MODEL_TYPES, build_model, checkpoint_hash, load_checkpoint, save_checkpoint
 
 TRAIN_STATE = "train_state.pt"
@@ -203,7 +211,7 @@ def train_loop_per_worker(config: dict) -> dict:
         if world > 1 and hasattr(loader.sampler, "set_epoch"):
             loader.sampler.set_epoch(epoch)
         if s.inject_failure_at_epoch == epoch and rank == world - 1:
-            marker = Path(config["failure_marker"])
+            marker = location(config["failure_marker"])
             if not marker.exists():
                 marker.write_text("failed once")
                 if s.inject_failure_kill:  # a hard crash: no exception, no cleanup, the process is gone
@@ -321,8 +329,9 @@ def _data_facts(ds) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- driver
 
 
-def run_dir_for(home: Path, name: str) -> Path:
-    return home / "runs" / validate_name(name, "model name")
+def run_dir_for(home: Location, name: str) -> Location:
+    """``<home>/runs/<name>``: Ray Train run storage (checkpoints) and the run settings for --resume."""
+    return resolve_home(home) / "runs" / validate_name(name, "model name")
 
 
 def train(
@@ -345,7 +354,7 @@ def train(
         settings, run_id = _resume_settings(runs, settings)
     else:
         run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
-        write_json_atomic(runs / run_id / RUN_JSON, settings.to_dict())
+        write_json_atomic(runs.join(run_id, RUN_JSON), settings.to_dict())
         write_json_atomic(runs / "latest.json", {"run_id": run_id})
 
     progress = Queue(maxsize=10_000)
@@ -354,12 +363,15 @@ def train(
         train_loop_config={
             "settings": settings.to_dict(),
             "progress": progress,
-            "failure_marker": str(runs / run_id / "injected_failure"),
+            "failure_marker": runs.join(run_id, "injected_failure").uri,
         },
         scaling_config=ScalingConfig(num_workers=settings.workers, use_gpu=settings.gpu),
         run_config=RunConfig(
             name=run_id,
-            storage_path=str(runs),
+            # Checkpoints go straight to the storage root: a local folder, or S3/GCS through the
+            # pyarrow filesystem (Ray Train then wants the path without its scheme).
+            storage_path=runs.path,
+            storage_filesystem=None if runs.is_local else runs.fs,
             failure_config=FailureConfig(max_failures=max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
@@ -397,7 +409,12 @@ def train(
 
 
 def register_checkpoint(
-    home: Path, s: TrainSettings, ckpt_dir: Path, run_id: str, train_time: float, return_value: dict
+    home: Location | str | os.PathLike,
+    s: TrainSettings,
+    ckpt_dir: Path,
+    run_id: str,
+    train_time: float,
+    return_value: dict,
 ) -> dict[str, Any]:
     """Publish the final checkpoint as the next version of ``s.name`` with model.json and samples.png."""
     loaded = load_checkpoint(ckpt_dir)
@@ -450,14 +467,14 @@ def render_class_grid(
     save_image((images + 1) / 2, str(path), nrow=per_class, padding=1, pad_value=1.0)
 
 
-def _resume_settings(runs: Path, given: TrainSettings) -> tuple[TrainSettings, str]:
+def _resume_settings(runs: Location, given: TrainSettings) -> tuple[TrainSettings, str]:
     latest = runs / "latest.json"
     if not latest.is_file():
         raise FileNotFoundError(
             f"--resume: no earlier run named {given.name!r} under {runs.parent}; start it without --resume"
         )
     run_id = read_json(latest)["run_id"]
-    saved = read_json(runs / run_id / RUN_JSON)
+    saved = read_json(runs.join(validate_name(run_id, "run id"), RUN_JSON))
     saved["epochs"] = max(saved["epochs"], given.epochs) if given.epochs else saved["epochs"]
     return TrainSettings(**saved), run_id
 
@@ -567,8 +584,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         f"registered {info['ref']}  ({info['type']}, {info['epochs']} epochs, {info['train_time_s']:.0f} s, "
         f"{info['images_per_s']:,.0f} img/s)"
     )
-    version_dir = resolve_home(getattr(args, "home", None)) / "models" / info["name"] / f"v{info['version']}"
-    print(f"  samples: {version_dir / 'samples.png'}")
+    version = Registry(getattr(args, "home", None)).resolve(info["ref"])
+    print(f"  samples: {version.location / 'samples.png'}")
     return info
 
 
@@ -577,7 +594,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m jobs.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--home", default=None, help="storage root (default $GENAUG_HOME or ./genaug-data)")
+    p.add_argument("--home", default=None, help=HOME_HELP)
     add_arguments(p)
     args = p.parse_args(argv)
     try:

@@ -16,6 +16,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.pop("GENAUG_URL", None)
 os.environ.pop("GENAUG_API_TOKEN", None)
 os.environ.pop("RAY_ADDRESS", None)
+os.environ.pop("GENAUG_STATE_DIR", None)  # tests choose the local side of URI roots themselves
 
 
 @pytest.fixture(scope="session")
@@ -80,3 +81,104 @@ def running_service(home: Path, **app_args) -> Iterator[str]:
         yield url
     finally:
         undeploy()
+
+
+# ----------------------------------------------------------------------------- a local S3 server
+
+# Variables that could point a test at a real account or change how S3 is reached; cleared per test.
+AWS_VARS = (
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_PROFILE",
+)
+
+
+class S3Server:
+    """moto's standalone S3 server on 127.0.0.1; ``env`` are the AWS variables that reach it."""
+
+    def __init__(self, port: int):
+        self.endpoint = f"http://127.0.0.1:{port}"
+        self.env = {
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+
+    def make_bucket(self, prefix: str = "genaug") -> str:
+        """Create a fresh bucket and return its name."""
+        import uuid
+
+        import pyarrow.fs as pafs
+
+        name = f"{prefix}-{uuid.uuid4().hex[:10]}"
+        fs = pafs.S3FileSystem(
+            access_key="testing",
+            secret_key="testing",
+            region="us-east-1",
+            scheme="http",
+            endpoint_override=self.endpoint.split("://", 1)[1],
+            allow_bucket_creation=True,
+        )
+        fs.create_dir(name)
+        return name
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory) -> S3Server:
+    """Start ``python -m moto.server`` on a free loopback port for the session; stop it at the end."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    server = S3Server(port)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(f"{server.endpoint}/moto-api/", timeout=2):
+                break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                log.close()
+                raise RuntimeError(f"moto server did not start on port {port} (see {log.name})") from None
+            time.sleep(0.1)
+    try:
+        yield server
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture
+def s3_root(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
+    """``s3://<fresh bucket>/root`` with the AWS variables of this process pointing at the local server.
+
+    ``GENAUG_STATE_DIR`` (the local side of a URI root: queue database, caches) goes to ``tmp_path``.
+    """
+    for key in AWS_VARS:
+        monkeypatch.delenv(key, raising=False)
+    for key, value in s3_server.env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("GENAUG_STATE_DIR", str(tmp_path / "genaug-state"))
+    return f"s3://{s3_server.make_bucket()}/root"

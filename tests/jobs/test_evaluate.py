@@ -348,3 +348,29 @@ def test_cli_rejects_unknown_models_and_bad_seeds(tmp_path, capsys):
     assert ev.main(["--home", str(tmp_path), "--model", "tiny-cvae", "--gain-k", "10,500"]) == 2
     assert "gain k values [10, 500] must lie in 1..86" in capsys.readouterr().err
     assert not (tmp_path / "models" / "tiny-cvae" / "v1" / "eval.json").exists()
+
+
+@pytest.mark.slow
+def test_cli_reads_the_version_from_s3_and_writes_the_report_there(s3_root, monkeypatch, capsys, digits):
+    """An ``s3://`` root: the checkpoint is read from the store, eval.* are written back into the
+    version folder there, and the classifier cache stays on local disk (``GENAUG_STATE_DIR``)."""
+    from jobs.storage import cache_dir, location
+
+    train, _ = digits
+    register(s3_root, "tiny-cgan", "cgan")
+    monkeypatch.setattr(
+        ev,
+        "evaluate",
+        functools.partial(
+            ev.evaluate,
+            classifier_config=CHEAP,
+            train_fn=lambda images, labels, classes, seed: ReplayGenerator(train.images, train.labels),
+        ),
+    )
+    rc = ev.main(["--home", s3_root, "--model", "tiny-cgan", "--fast", "--gain-k", "10"])
+    assert rc == 0 and f"report: {s3_root}/models/tiny-cgan/v1/eval.md" in capsys.readouterr().out
+    vdir = location(s3_root) / "models/tiny-cgan/v1"
+    report = (vdir / "eval.json").read_json()
+    assert report["model"] == "tiny-cgan:v1" and set(ev.METRICS) <= set(report)
+    assert (vdir / "eval_samples.png").is_file() and (vdir / "eval.md").is_file()
+    assert any(p.suffix == ".pt" for p in (cache_dir(s3_root) / "classifiers").iterdir())

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from jobs.generate import REQUEST_FIELDS, JobSpec, parse_counts, validate_request
 from jobs.registry import parse_ref
-from jobs.storage import confine, validate_name
+from jobs.storage import confine, location, resolve_home, validate_name
 from tests.conftest import register_untrained
 
 FUZZ = settings(max_examples=300, deadline=None, database=None)
@@ -385,3 +385,123 @@ def test_validate_request_infinite_shard_rows_is_value_error(req_home):
     home, _ = req_home
     with pytest.raises(ValueError):
         validate_request({"model": "tiny-cgan", "per_class": 1, "shard_rows": math.inf}, home, job_id="j-5")
+
+
+# ----------------------------------------------------------------------------- storage URIs
+
+
+@pytest.fixture
+def fake_s3_env(monkeypatch, tmp_path):
+    """AWS variables for a store that is never contacted (building a filesystem makes no request)."""
+    from tests.conftest import AWS_VARS
+
+    for key in AWS_VARS:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-3")
+    monkeypatch.delenv("GENAUG_STATE_DIR", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+
+
+def test_location_parses_local_file_s3_and_gs_forms(fake_s3_env, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert location("rel/x").uri == str(tmp_path / "rel" / "x") and location("rel").is_local
+    assert location(f"file://{tmp_path}/a").uri == str(tmp_path / "a")
+    assert location(tmp_path / "p").local_path == tmp_path / "p"
+    s3 = location("s3://bucket/some//prefix/")
+    assert (s3.scheme, s3.path, s3.uri) == ("s3", "bucket/some/prefix", "s3://bucket/some/prefix")
+    assert s3.fs.type_name == "s3" and not s3.is_local and s3.name == "prefix"
+    assert (s3 / "models").join("x", "v1/model.json").uri == "s3://bucket/some/prefix/models/x/v1/model.json"
+    assert location("S3://bucket").uri == "s3://bucket"
+    gs = location("gs://bkt/p")
+    assert (gs.scheme, gs.path, gs.fs.type_name) == ("gs", "bkt/p", "gcs")
+    for bad in ["ftp://h/x", "http://h/x", "s3://", "s3:///key", "s3://b/k?endpoint_override=x", "gs://"]:
+        with pytest.raises(ValueError, match="s3://BUCKET"):
+            location(bad)
+    with pytest.raises(ValueError, match="not on a local disk"):
+        _ = s3.local_path
+
+
+def test_s3_options_follow_the_standard_aws_variables(fake_s3_env, monkeypatch):
+    from jobs.storage import s3_options
+
+    opts = s3_options("bucket")
+    assert opts["scheme"] == "http" and opts["endpoint_override"] == "127.0.0.1:9"
+    assert opts["region"] == "eu-west-3" and opts["allow_bucket_creation"] is False
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret-example")
+    assert "secret-example" not in repr(s3_options("bucket"))  # the SDK reads credentials itself
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "https://minio.internal:9000")  # the S3-specific one wins
+    monkeypatch.setenv("AWS_REGION", "us-west-2")  # AWS_REGION wins over AWS_DEFAULT_REGION
+    opts = s3_options("bucket")
+    assert (opts["scheme"], opts["endpoint_override"], opts["region"]) == (
+        "https",
+        "minio.internal:9000",
+        "us-west-2",
+    )
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "ftp://x")
+    with pytest.raises(ValueError, match="AWS_ENDPOINT_URL"):
+        s3_options("bucket")
+
+
+def test_s3_confine_keeps_outputs_under_the_root_prefix(fake_s3_env):
+    root = resolve_home("s3://bucket/root")
+    assert confine(root, "datasets/j-1").uri == "s3://bucket/root/datasets/j-1"
+    assert confine("s3://bucket/root", "s3://bucket/root/x/y").uri == "s3://bucket/root/x/y"
+    assert root.confine("a/./b/../c").uri == "s3://bucket/root/a/c"  # '..' resolved lexically
+    assert root.confine(".") == root
+    for bad in [
+        "s3://bucket/other/x",  # same bucket, outside the prefix
+        "s3://bucket/rootx/y",  # a sibling prefix that merely starts with the root's name
+        "s3://other-bucket/root/x",
+        "s3://bucket/root/../x",
+        "../x",
+        "a/../../x",
+        "/tmp/x",  # a local path is never under an object-store root
+        "~/x",
+        "file:///tmp/x",
+        "gs://bucket/root/x",
+    ]:
+        with pytest.raises(ValueError, match=r"escapes the storage root s3://bucket/root"):
+            confine(root, bad)
+    with pytest.raises(ValueError, match="control characters"):
+        root.confine("a\nb")
+    with pytest.raises(ValueError, match="too long"):
+        root.confine("k" * 1100)
+
+
+def test_join_refuses_anything_but_relative_names(fake_s3_env, tmp_path):
+    for base in (location(tmp_path), location("s3://bucket/root")):
+        for bad in ["", "..", "a/../b", "/abs", "a//b", "./a", "s3://b/k", "a\x00b"]:
+            with pytest.raises(ValueError, match="path part"):
+                base.join(bad)
+
+
+def test_location_pickles_as_its_uri_without_credentials(fake_s3_env, monkeypatch):
+    import pickle
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret-example")
+    loc = location("s3://bucket/root/x")
+    data = pickle.dumps(loc)
+    assert b"secret-example" not in data and pickle.loads(data) == loc
+    assert b"secret-example" not in pickle.dumps(loc.fs)  # e.g. Ray Train's storage_filesystem
+
+
+def test_state_dir_is_local_for_every_root(fake_s3_env, tmp_path, monkeypatch):
+    from jobs.storage import cache_dir, state_dir
+
+    assert state_dir(tmp_path) == tmp_path.resolve() / "state"  # a local root keeps its queue inside
+    assert cache_dir(tmp_path) == tmp_path.resolve() / "cache"
+    a, b = state_dir("s3://bucket/a"), state_dir("s3://bucket/b")
+    assert a != b and a.is_relative_to(tmp_path / ".genaug") and a.name == "state"  # HOME is tmp_path
+    monkeypatch.setenv("GENAUG_STATE_DIR", str(tmp_path / "st"))
+    assert state_dir("s3://bucket/a") == tmp_path / "st" / "state"
+    assert state_dir(tmp_path / "home") == tmp_path / "home" / "state"  # only URI roots move
+
+
+def test_resolve_home_accepts_uris_and_names_valid_forms(fake_s3_env, tmp_path, monkeypatch):
+    monkeypatch.setenv("GENAUG_HOME", "s3://bucket/from-env")
+    assert resolve_home().uri == "s3://bucket/from-env"
+    assert resolve_home(str(tmp_path)).uri == str(tmp_path.resolve())
+    with pytest.raises(ValueError, match="valid: a local path, file://PATH, s3://BUCKET"):
+        resolve_home("hdfs://nn/x")
