@@ -33,7 +33,10 @@ MIX = (("samples", 0.7), ("submit", 0.1), ("poll", 0.2))
 
 
 def service_processes() -> dict[int, str]:
-    """pid -> title of the Serve / replica / queue processes below this process (the Ray it started)."""
+    """pid -> name of the Serve / replica / queue processes below this process (the Ray it started).
+
+    The name is the process title without the method it is running ("ray::ProxyActor").
+    """
     found = {}
     for p in psutil.Process().children(recursive=True):
         try:
@@ -41,7 +44,7 @@ def service_processes() -> dict[int, str]:
         except psutil.Error:
             continue
         if cmd and cmd[0].startswith(SERVICE_TITLES):
-            found[p.pid] = cmd[0]
+            found[p.pid] = cmd[0].split(".", 1)[0]
     return found
 
 
@@ -190,16 +193,23 @@ def run(
         init_ray()
         try:
             url = deploy(str(home), "127.0.0.1", free_port(), app_args or {})
-            with httpx.Client(base_url=url, timeout=60) as http:  # load the model, start the queue
+            with httpx.Client(base_url=url, timeout=60) as http:  # load the model, run one job
                 for i in range(warmup):
                     http.post("/v1/samples", json={"model": model, "per_class": 1, "seed": i})
-                http.get("/v1/jobs?limit=1")
+                job = http.post("/v1/jobs", json={"model": model, "per_class": 10, "shard_rows": 100}).json()
+                deadline = time.monotonic() + 120
+                while http.get(f"/v1/jobs/{job['id']}").json()["status"] != "succeeded":
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"the warm-up job {job['id']} did not succeed in 120 s")
+                    time.sleep(0.2)
             pids = service_processes()
             mem_start = rss(pids)
             started = time.monotonic()
             stats = asyncio.run(run_clients(url, clients, seconds, model, timeout, seed))
             elapsed = time.monotonic() - started
             mem_end = rss(pids)
+            now = service_processes()
+            mem_all_end = rss(now)
             result = summarize(stats, elapsed)
             result["jobs"] = {"submitted": len(stats.jobs), "states_at_end": job_states(url, stats.jobs)}
             start_total, end_total = sum(mem_start.values()), sum(mem_end.values())
@@ -212,7 +222,9 @@ def run(
                     t: [round(mem_start.get(t, 0) / 2**20, 1), round(mem_end.get(t, 0) / 2**20, 1)]
                     for t in sorted(mem_start)
                 },
-                "replaced_processes": sorted(set(service_processes()) ^ set(pids)),
+                # every service process at the end, replicas added by autoscaling included
+                "end_all_mb": round(sum(mem_all_end.values()) / 2**20, 1),
+                "processes_at_end": collections.Counter(now.values()),
             }
             result.update(seconds=round(elapsed, 1), clients=clients, app_args=app_args or {})
             return result
