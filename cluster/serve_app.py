@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import io
 import os
+import time
 from typing import Any, Literal
 
 import numpy as np
@@ -25,13 +26,13 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from cluster import metrics
 from cluster.generator import Generator, ModelUnavailable
 from cluster.queue import InvalidTransition, JobNotFound
 from jobs.generate import TEMPERATURE_RANGE, parse_counts
 from jobs.registry import Registry, UnknownModel
 from jobs.storage import read_json, resolve_home
 
-APP_NAME = "genaug"
 DEFAULT_INLINE_CAP = 4096
 MAX_BODY_BYTES = 1 << 20
 
@@ -339,6 +340,13 @@ class Ingress:
     async def samples(self, body: SamplesRequest, authorization: str | None = Header(None)) -> Response:
         """Samples inline: json (base64 PNGs), npz (uint8 images + labels) or png (a grid, row per class)."""
         self.check_token(authorization)
+        started = time.perf_counter()
+        response, model, images = await self._samples(body)
+        metrics.sample_request(model, images, time.perf_counter() - started)
+        return response
+
+    async def _samples(self, body: SamplesRequest) -> tuple[Response, str, int]:
+        """The answer to ``POST /v1/samples``, the resolved model and the number of images."""
         try:
             mv = self.registry.resolve(body.model)
             classes = mv.info["classes"]
@@ -363,17 +371,19 @@ class Ingress:
             np.savez(
                 buf, images=images, labels=labels.astype(np.int64), label_names=np.array(classes)[labels]
             )
-            return Response(
+            response = Response(
                 buf.getvalue(),
                 media_type="application/octet-stream",
                 headers={**headers, "Content-Disposition": 'attachment; filename="samples.npz"'},
             )
+            return response, mv.ref, int(total)
         if body.format == "png":
-            return Response(_grid_png(images, labels, len(classes)), media_type="image/png", headers=headers)
+            png = _grid_png(images, labels, len(classes))
+            return Response(png, media_type="image/png", headers=headers), mv.ref, int(total)
         from jobs.shards import encode_pngs
 
         pngs = encode_pngs(images)
-        return JSONResponse(
+        response = JSONResponse(
             {
                 "model": mv.ref,
                 "count": int(total),
@@ -384,6 +394,7 @@ class Ingress:
             },
             headers=headers,
         )
+        return response, mv.ref, int(total)
 
     # -------------------------------------------------------------- jobs
 
