@@ -2,6 +2,7 @@
 
     genaug train --model cgan --dataset digits --name digits-cgan --workers 2
     genaug models
+    genaug serve                  # then, from another shell: genaug status
     genaug quickstart
 
 Every subcommand takes ``--home`` (default ``$GENAUG_HOME`` or ``./genaug-data``). Bad input exits with
@@ -184,8 +185,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import os
     import signal
     import threading
+    import time
 
     from cluster.service import deploy, is_loopback, undeploy
+    from cluster.status import forget_service, record_service
     from jobs.rayinit import ray_session
 
     if not is_loopback(args.host) and not os.environ.get("GENAUG_API_TOKEN") and not args.insecure:
@@ -193,27 +196,54 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f"refusing to bind non-loopback host {args.host!r} without GENAUG_API_TOKEN; "
             "set a token, or pass --insecure to serve without auth"
         )
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with ray_session():
-        url = deploy(
-            args.home,
-            args.host,
-            args.port,
-            {"max_replicas": args.max_replicas, "gpu_per_replica": args.gpu_per_replica},
+    if not 1 <= args.min_replicas <= args.max_replicas:
+        raise ValueError(
+            f"--min-replicas {args.min_replicas} is invalid; valid: 1..--max-replicas ({args.max_replicas})"
         )
+    stop = threading.Event()
+    with ray_session():
+        # after Ray started: its own SIGTERM handler (installed by ray.init) would abort the process
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        warned = _warn_storage(args.home)
+        app_args = {
+            "min_replicas": args.min_replicas,
+            "max_replicas": args.max_replicas,
+            "gpu_per_replica": args.gpu_per_replica,
+        }
+        url = deploy(args.home, args.host, args.port, app_args)
+        record_service(args.home, url)
         print(
             f"genaug serving at {url}  (docs {url}/docs; storage {resolve_home(args.home)}); Ctrl-C stops",
             flush=True,
         )
         try:
+            checked = time.monotonic()
             while not stop.wait(0.5):
-                pass
+                if not warned and time.monotonic() - checked > 30:  # autoscaled nodes join later
+                    warned, checked = _warn_storage(args.home), time.monotonic()
         except KeyboardInterrupt:
             pass
+        finally:
+            forget_service(args.home)
         print("shutting down ...", flush=True)
         undeploy()
     return 0
+
+
+def _warn_storage(home: str | None) -> bool:
+    """Print the storage root warning if Ray's nodes span several machines and the root is local."""
+    from cluster.status import cluster_storage_warning
+
+    warning = cluster_storage_warning(home)
+    if warning:
+        print(f"genaug serve: warning: {warning}", file=sys.stderr, flush=True)
+    return warning is not None
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from cluster.status import run
+
+    return run(args)
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
@@ -275,9 +305,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--insecure", action="store_true", help="allow a non-loopback host without GENAUG_API_TOKEN"
     )
+    p.add_argument("--min-replicas", type=int, default=1, help="generator replicas at least (default 1)")
     p.add_argument("--max-replicas", type=int, default=2, help="generator replicas at most (autoscaling)")
     p.add_argument("--gpu-per-replica", type=float, default=0.0, help="GPU fraction per generator replica")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser(
+        "status", parents=[home], help="cluster, Serve app, queue and storage root of a running service"
+    )
+    p.add_argument("--json", action="store_true", help="print the status as JSON")
+    p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("quickstart", parents=[home], help="train two digit models, serve, generate: the demo")
     p.add_argument("--per-class", type=int, default=200, help="rows per class in the demo jobs (default 200)")

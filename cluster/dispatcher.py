@@ -28,6 +28,7 @@ from typing import Any
 import pyarrow.fs as pafs
 import ray
 
+from cluster import NAMESPACE, QUEUE_ACTOR, metrics
 from cluster.queue import InvalidTransition, JobNotFound, JobStatus, JobStore, QueueError
 from jobs import shards
 from jobs.generate import JobSpec, ShardTask, lineage, new_job_id, validate_request
@@ -36,8 +37,6 @@ from jobs.storage import location, resolve_home, state_dir
 
 log = logging.getLogger("genaug.queue")
 
-QUEUE_ACTOR = "genaug-queue"
-NAMESPACE = "genaug"
 MAX_SHARD_ATTEMPTS = 5
 DRAIN_S = 60.0  # how long a failing job waits for its in-flight shards before removing unrecorded files
 
@@ -69,6 +68,7 @@ class QueueOwner:
         self._tasks: dict[str, asyncio.Task] = {}
         self._loop_task: asyncio.Task | None = None
         self._last_heartbeat = 0.0
+        self._last_counts = 0.0
         self.started_at = time.time()
         with contextlib.suppress(RuntimeError):  # async actors may already run their event loop here
             self._ensure_loop()
@@ -144,11 +144,20 @@ class QueueOwner:
                 return job
             await asyncio.sleep(0.2)
 
+    async def summary(self) -> dict:
+        """The queue at a glance (``JobStore.summary``) plus this owner's identity, for ``genaug status``."""
+        self._ensure_loop()
+        return {**self.store.summary(), "owner": await self.info()}
+
     async def info(self) -> dict:
         self._ensure_loop()
+        ctx = ray.get_runtime_context()
         return {
             "owner": self.owner,
             "pid": os.getpid(),
+            "worker_id": ctx.get_worker_id(),
+            "node_id": ctx.get_node_id(),
+            "home": str(self.home),
             "running": sorted(self._tasks),
             "started_at": self.started_at,
             "requeued_at_start": self.requeued,
@@ -172,6 +181,9 @@ class QueueOwner:
                             self.store.heartbeat(job_id, self.owner)
                         except (InvalidTransition, JobNotFound):
                             pass  # cancelled or failed meanwhile; its task notices at the next boundary
+                if time.monotonic() - self._last_counts >= 1.0:
+                    self._last_counts = time.monotonic()
+                    metrics.job_counts(self.store.counts())
             except Exception:  # never let the loop die; the error is in the actor's log
                 log.exception("dispatch loop error")
             await asyncio.sleep(self.poll_s)
@@ -209,6 +221,8 @@ class QueueOwner:
         """
         todo = [k for k in range(spec.num_shards) if k not in done]
         attempts: dict[int, int] = {}
+        sent_at: dict[int, float] = {}
+        rows_now, clock = 0, time.perf_counter()  # rows recorded by this attempt, for the rate gauge
         cancelled = False
         while todo or pending:
             if not cancelled and self._status(job_id) != JobStatus.RUNNING.value:
@@ -217,6 +231,7 @@ class QueueOwner:
                 k = todo.pop(0)
                 task = ShardTask.of(spec, job_id, k).to_dict()
                 pending[asyncio.ensure_future(handle.generate_shard.remote(task))] = k
+                sent_at[k] = time.perf_counter()
             if not pending:
                 break
             finished, _ = await asyncio.wait(list(pending), return_when=asyncio.FIRST_COMPLETED, timeout=1.0)
@@ -236,7 +251,10 @@ class QueueOwner:
                 if cancelled:
                     continue
                 try:
-                    self.store.commit_shard(job_id, self.owner, k, info["rows"], info)
+                    if self.store.commit_shard(job_id, self.owner, k, info["rows"], info):
+                        metrics.shard_committed(spec.model, info["rows"], time.perf_counter() - sent_at[k])
+                        rows_now += info["rows"]
+                        metrics.generation_rate(spec.model, rows_now / (time.perf_counter() - clock))
                     done[k] = info
                 except InvalidTransition:
                     cancelled = True
@@ -279,6 +297,8 @@ class QueueOwner:
             "duration_s": manifest.get("duration_s"),
         }
         self.store.complete(job_id, self.owner, result=summary)
+        metrics.generation_rate(spec.model, manifest.get("rows_per_s"))
+        metrics.job_counts(self.store.counts())
 
 
 class ShardFailed(RuntimeError):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import os
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 from ray import serve
 
+from cluster import metrics
 from jobs.generate import ShardTask, generate_many_uint8, run_shard
 from jobs.registry import ModelUnavailable, Registry
 
@@ -61,6 +63,7 @@ class Generator:
             except (ValueError, FileNotFoundError, RuntimeError, OSError) as e:
                 raise ModelUnavailable(f"model {ref} is unavailable: {e}") from None
             self.load_times[ref] = time.perf_counter() - t0
+            metrics.model_loaded(ref, self.load_times[ref])
             self._models[ref] = model
             while len(self._models) > self.cache_size:
                 self._models.popitem(last=False)
@@ -72,7 +75,7 @@ class Generator:
         model = self.model(t.model)
         info = await asyncio.to_thread(run_shard, model, t)
         self.shards_written += 1
-        return info
+        return {**info, "worker": worker_identity()}  # the queue records who wrote each shard
 
     async def sample(self, model: str, labels: list[int], seed: int, temperature: float = 1.0) -> np.ndarray:
         """uint8 images (N, H, W, C) for ``labels``; identical for identical (model, labels, seed)."""
@@ -82,7 +85,12 @@ class Generator:
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
     async def _sample_batch(self, requests: list[SampleRequest]) -> list[np.ndarray]:
         self.batch_sizes.append(len(requests))
-        return await asyncio.to_thread(self._sample_many, requests)
+        t0 = time.perf_counter()
+        out = await asyncio.to_thread(self._sample_many, requests)
+        seconds = time.perf_counter() - t0
+        for model, n in collections.Counter(r.model for r in requests).items():
+            metrics.sample_batch(model, n, seconds)
+        return out
 
     def _sample_many(self, requests: list[SampleRequest]) -> list[np.ndarray]:
         """One forward pass per (model, temperature) group; each request keeps its own noise."""
@@ -105,7 +113,7 @@ class Generator:
         """What this replica did: batch sizes of merged sample calls, shards written, loaded models."""
         sizes = list(self.batch_sizes)
         return {
-            "pid": os.getpid(),
+            **worker_identity(),
             "device": str(self.device),
             "batches": len(sizes),
             "max_batch_size": max(sizes, default=0),
@@ -114,3 +122,11 @@ class Generator:
             "models_loaded": list(self._models),
             "load_times_s": dict(self.load_times),
         }
+
+
+def worker_identity() -> dict[str, str | int | None]:
+    """Which process wrote something: Ray node id (None outside Ray), host name and pid."""
+    import ray
+
+    node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+    return {"node_id": node_id, "hostname": socket.gethostname(), "pid": os.getpid()}

@@ -761,6 +761,43 @@ class JobStore:
             found = dict(cur.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall())
             return {s: found.get(s, 0) for s in _STATUS_VALUES}
 
+    def summary(self) -> dict[str, Any]:
+        """The queue at a glance: counts per status, queued/running per priority (highest first), and the
+        oldest waiting job and the next one to be claimed (``None`` when nothing waits)."""
+        with self._read("summary") as cur:
+            found = dict(cur.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall())
+            by_priority: dict[int, dict[str, int]] = {}
+            for status, priority, n in cur.execute(
+                "SELECT status, priority, COUNT(*) FROM jobs WHERE status IN ('queued', 'running')"
+                " GROUP BY status, priority"
+            ):
+                by_priority.setdefault(priority, {"queued": 0, "running": 0})[status] = n
+            now = self._now()
+
+            def waiting(order: str) -> dict | None:
+                row = cur.execute(
+                    "SELECT id, priority, created_at, total_rows FROM jobs WHERE status = 'queued'"
+                    f" ORDER BY {order} LIMIT 1"
+                ).fetchone()
+                if row is None:
+                    return None
+                job_id, priority, created_at, rows = row
+                return {
+                    "id": job_id,
+                    "priority": priority,
+                    "created_at": created_at,
+                    "waiting_s": max(0.0, now - created_at),
+                    "total_rows": rows,
+                }
+
+            return {
+                "counts": {s: found.get(s, 0) for s in _STATUS_VALUES},
+                "by_priority": [{"priority": p, **by_priority[p]} for p in sorted(by_priority, reverse=True)],
+                "oldest_queued": waiting("seq"),
+                "next_queued": waiting("priority DESC, seq"),
+                "now": now,
+            }
+
     def find_by_idempotency_key(self, key: str) -> dict | None:
         """The job submitted with this idempotency key, or None."""
         with self._read("find_by_idempotency_key") as cur:

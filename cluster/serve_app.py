@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import io
 import os
+import time
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,13 +29,13 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, 
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from cluster import metrics
 from cluster.generator import Generator, ModelUnavailable
 from cluster.queue import InvalidTransition, JobNotFound, QueueError
 from jobs.generate import TEMPERATURE_RANGE, parse_counts
 from jobs.registry import SAMPLES_PNG, Registry, UnknownModel
 from jobs.storage import location, resolve_home
 
-APP_NAME = "genaug"
 DEFAULT_INLINE_CAP = 4096
 MAX_BODY_BYTES = 1 << 20
 # The web console: plain files served at / (no build step); the token stays in the browser tab.
@@ -437,6 +438,13 @@ class Ingress:
     async def samples(self, body: SamplesRequest, authorization: str | None = Header(None)) -> Response:
         """Samples inline: json (base64 PNGs), npz (uint8 images + labels) or png (a grid, row per class)."""
         self.check_token(authorization)
+        started = time.perf_counter()
+        response, model, images = await self._samples(body)
+        metrics.sample_request(model, images, time.perf_counter() - started)
+        return response
+
+    async def _samples(self, body: SamplesRequest) -> tuple[Response, str, int]:
+        """The answer to ``POST /v1/samples``, the resolved model and the number of images."""
         try:
             mv = self.registry.resolve(body.model)
             classes = mv.info["classes"]
@@ -470,17 +478,19 @@ class Ingress:
             np.savez(
                 buf, images=images, labels=labels.astype(np.int64), label_names=np.array(classes)[labels]
             )
-            return Response(
+            response = Response(
                 buf.getvalue(),
                 media_type="application/octet-stream",
                 headers={**headers, "Content-Disposition": 'attachment; filename="samples.npz"'},
             )
+            return response, mv.ref, int(total)
         if body.format == "png":
-            return Response(_grid_png(images, labels, len(classes)), media_type="image/png", headers=headers)
+            png = _grid_png(images, labels, len(classes))
+            return Response(png, media_type="image/png", headers=headers), mv.ref, int(total)
         from jobs.shards import encode_pngs
 
         pngs = encode_pngs(images)
-        return JSONResponse(
+        response = JSONResponse(
             {
                 "model": mv.ref,
                 "count": int(total),
@@ -491,6 +501,7 @@ class Ingress:
             },
             headers=headers,
         )
+        return response, mv.ref, int(total)
 
     # -------------------------------------------------------------- jobs
 

@@ -12,7 +12,8 @@ import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
-from cluster.serve_app import APP_NAME, build_app
+from cluster import APP_NAME
+from cluster.serve_app import build_app
 from jobs.storage import resolve_home
 
 
