@@ -18,7 +18,7 @@ class Row:
     genaug: float
     baseline: float | None
     unit: str
-    target: str  # e.g. ">= 0.7" (ratio genaug/baseline) or "<= 1.5"
+    target: str  # e.g. ">= 0.7" (ratio genaug/baseline) or "<= 1.5"; "n/a" for a reference row
     note: str = ""
 
     @property
@@ -30,7 +30,7 @@ class Row:
     @property
     def met(self) -> bool | None:
         value = self.ratio if self.baseline is not None else self.genaug
-        if value is None:
+        if value is None or self.target == "n/a":
             return None
         op, _, bound = self.target.partition(" ")
         return bool(value >= float(bound) if op == ">=" else value <= float(bound))

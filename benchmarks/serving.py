@@ -1,66 +1,112 @@
 """/v1/samples: latency over HTTP vs the same generation in process, and batching vs no batching.
 
-    python -m benchmarks.serving [--requests 200]
+    python -m benchmarks.serving [--requests 200] [--rounds 2]
+
+The service is deployed as ``genaug serve`` deploys it (local Ray, Serve's HTTP proxy, ingress and
+generator deployments; one generator replica so that both sides use one core for the forward pass).
 
 Rows:
 - p50 overhead (ms) of a 64-sample ``/v1/samples`` request (format json) over HTTP, against the same
-  work (forward + PNG encoding + JSON body) in this process; targets <= 5 ms (issue 4) and <= 3 ms (issue 8);
+  work in this process (forward pass + the same ``encode_samples`` body, torch on 1 thread like the
+  replica); HTTP and in-process calls alternate, so load from other processes hits both alike.
+  Targets <= 5 ms (issue 4) and <= 3 ms (issue 8);
+- ``/healthz`` p50 (reference): Serve's proxy and one deployment hop with no work, the floor of any
+  request through Serve on this machine;
 - requests/s with 16 concurrent clients (10 samples each, format npz), batching on vs off
-  (``max_batch_size`` 32 vs 1), same app, same run; target >= 2x.
+  (``max_batch_size`` 32 vs 1 in both the ingress and the generator), same app, same run; runs in
+  the order on, off, off, on (... per ``--rounds``) so that drifting load cancels; target >= 2x;
+- the generator's own work for 16 such requests in process, merged into one forward pass vs one pass
+  each (reference: the most batching can save, Serve's per-request cost aside).
+
+Clients keep their HTTP connection open (as ``requests.Session`` or ``httpx.Client`` do).
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
 import concurrent.futures as cf
+import http.client
 import json
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import urlparse
 
 import numpy as np
 
 from benchmarks.common import Row, register_default_model
 
+COUNTS_64 = {str(c): 7 for c in range(9)} | {"9": 1}  # 64 samples over 10 classes
 
-def in_process_ms(home: Path, ref: str, n: int) -> np.ndarray:
-    """Latencies (ms) of generating 64 samples + PNG + JSON in this process."""
-    from jobs import shards
-    from jobs.generate import generate_uint8
+
+class Conn:
+    """One keep-alive HTTP connection: ``post(path, body) -> bytes``, ``get(path) -> bytes``."""
+
+    def __init__(self, url: str):
+        u = urlparse(url)
+        self.c = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
+
+    def _do(self, method: str, path: str, body: bytes | None = None) -> bytes:
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        self.c.request(method, path, body=body, headers=headers)
+        r = self.c.getresponse()
+        data = r.read()
+        if r.status != 200:
+            raise RuntimeError(f"{method} {path}: HTTP {r.status}: {data[:200]!r}")
+        return data
+
+    def post(self, path: str, req: dict) -> bytes:
+        return self._do("POST", path, json.dumps(req).encode())
+
+    def get(self, path: str) -> bytes:
+        return self._do("GET", path)
+
+
+def latency_pairs(url: str, home: Path, ref: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(HTTP ms, in-process ms) of the same 64-sample json request, alternating one of each."""
+    import torch
+
+    from cluster.formats import encode_samples
+    from jobs.generate import generate_uint8, parse_counts
     from jobs.registry import Registry
     from models.checkpoint import load_checkpoint
 
-    model = load_checkpoint(Registry(home).resolve(ref).path).model
-    labels = np.repeat(np.arange(10), 7)[:64]
+    mv = Registry(home).resolve(ref)
+    classes = mv.info["classes"]
+    model = load_checkpoint(mv.path).model
+    labels = np.repeat(np.arange(len(classes)), parse_counts(None, COUNTS_64, classes))
+    conn = Conn(url)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the replica's torch runs on 1 thread (num_cpus=1)
+    try:
+        http_ms, local_ms = [], []
+        for i in range(n):
+            t0 = time.perf_counter()
+            conn.post("/v1/samples", {"model": ref, "counts": COUNTS_64, "seed": i, "format": "json"})
+            http_ms.append((time.perf_counter() - t0) * 1000)
+            t0 = time.perf_counter()
+            encode_samples(generate_uint8(model, labels, seed=i), labels, classes, "json", mv.ref)
+            local_ms.append((time.perf_counter() - t0) * 1000)
+    finally:
+        torch.set_num_threads(threads)
+    return np.array(http_ms), np.array(local_ms)
+
+
+def healthz_ms(url: str, n: int) -> np.ndarray:
+    conn = Conn(url)
     out = []
-    for i in range(n):
+    for _ in range(n):
         t0 = time.perf_counter()
-        images = generate_uint8(model, labels, seed=i)
-        body = {
-            "samples": [
-                {"label": int(y), "label_name": str(y), "png": base64.b64encode(p).decode()}
-                for y, p in zip(labels, shards.encode_pngs(images), strict=False)
-            ]
-        }
-        json.dumps(body)
+        conn.get("/healthz")
         out.append((time.perf_counter() - t0) * 1000)
     return np.array(out)
 
 
-def http_ms(client, ref: str, n: int) -> np.ndarray:
-    out = []
-    for i in range(n):
-        t0 = time.perf_counter()
-        client.samples({"model": ref, "counts": {str(c): 7 for c in range(9)} | {"9": 1}, "seed": i})
-        out.append((time.perf_counter() - t0) * 1000)
-    return np.array(out)
-
-
-def concurrent_rps(client, ref: str, clients: int = 16, per_client: int = 25) -> float:
+def concurrent_rps(url: str, ref: str, clients: int = 16, per_client: int = 25) -> float:
     def worker(k: int) -> None:
+        conn = Conn(url)
         for i in range(per_client):
-            client.samples({"model": ref, "per_class": 1, "seed": k * 1000 + i, "format": "npz"})
+            conn.post("/v1/samples", {"model": ref, "per_class": 1, "seed": k * 1000 + i, "format": "npz"})
 
     t0 = time.perf_counter()
     with cf.ThreadPoolExecutor(clients) as pool:
@@ -68,8 +114,45 @@ def concurrent_rps(client, ref: str, clients: int = 16, per_client: int = 25) ->
     return clients * per_client / (time.perf_counter() - t0)
 
 
-def run(requests: int = 200) -> list[Row]:
-    from cluster.client import Client
+def merged_forward_speedup(home: Path, ref: str, clients: int = 16, repeats: int = 30) -> tuple[float, float]:
+    """What batching buys the generator itself, in process: ``clients`` requests of 10 samples (npz)
+    made as one merged forward pass vs one pass each; returns (merged, separate) requests/s."""
+    import torch
+
+    from cluster.formats import encode_samples
+    from jobs.generate import generate_many_uint8
+    from jobs.registry import Registry
+    from models.checkpoint import load_checkpoint
+
+    mv = Registry(home).resolve(ref)
+    classes = mv.info["classes"]
+    model = load_checkpoint(mv.path).model
+    labels = np.arange(len(classes))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    t_merged, t_separate = [], []
+    try:
+        for r in range(repeats):
+            seeds = [r * clients + k for k in range(clients)]
+            t0 = time.perf_counter()
+            for img in generate_many_uint8(model, [labels] * clients, seeds):
+                encode_samples(img, labels, classes, "npz", mv.ref)
+            t_merged.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            for s in seeds:
+                img = generate_many_uint8(model, [labels], [s])[0]
+                encode_samples(img, labels, classes, "npz", mv.ref)
+            t_separate.append(time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(threads)
+    return clients / float(np.median(t_merged)), clients / float(np.median(t_separate))
+
+
+def _fmt(xs: np.ndarray) -> str:
+    return f"p50 {np.median(xs):.1f} ms / p99 {np.percentile(xs, 99):.1f} ms"
+
+
+def run(requests: int = 200, rounds: int = 2) -> list[Row]:
     from cluster.service import deploy, free_port, undeploy
     from jobs.rayinit import ray_session
 
@@ -78,48 +161,61 @@ def run(requests: int = 200) -> list[Row]:
     rows: list[Row] = []
     with ray_session():
         port = free_port()
-        rps = {}
-        for batch in (32, 1):
+        rps: dict[int, list[float]] = {32: [], 1: []}
+        merged: list[float] = []
+        order = [32, 1, 1, 32] * rounds
+        for k, batch in enumerate(order[: 2 * rounds]):
             url = deploy(str(home), "127.0.0.1", port, {"max_replicas": 1, "max_batch_size": batch})
-            client = Client(url, token="")
-            http_ms(client, ref, 20)  # warm-up
-            if batch == 32:
-                ours = http_ms(client, ref, requests)
-                base = in_process_ms(home, ref, requests)
+            Conn(url).post("/v1/samples", {"model": ref, "per_class": 1})  # the replica loads the model
+            concurrent_rps(url, ref, per_client=3)  # warm-up
+            if k == 0:
+                latency_pairs(url, home, ref, 20)  # warm-up
+                ours, base = latency_pairs(url, home, ref, requests)
+                floor = healthz_ms(url, requests)
                 overhead = float(np.median(ours) - np.median(base))
-                note = (
-                    f"HTTP p50 {np.median(ours):.1f} ms / p99 {np.percentile(ours, 99):.1f} ms; in-process "
-                    f"p50 {np.median(base):.1f} ms / p99 {np.percentile(base, 99):.1f} ms"
-                )
+                note = f"HTTP {_fmt(ours)}; in-process {_fmt(base)}; /healthz {_fmt(floor)}"
+                name = "/v1/samples 64 samples: p50 overhead over in-process"
+                rows.append(Row(name, overhead, None, "ms", "<= 5", note))
+                rows.append(Row(name + " (issue 8 target)", overhead, None, "ms", "<= 3", note))
                 rows.append(
                     Row(
-                        "/v1/samples 64 samples: p50 overhead over in-process",
-                        overhead,
+                        "/healthz p50 (Serve's proxy + one hop, no work: the floor)",
+                        float(np.median(floor)),
                         None,
                         "ms",
-                        "<= 5",
-                        note,
+                        "n/a",
+                        _fmt(floor),
                     )
                 )
-                rows.append(
-                    Row(
-                        "/v1/samples 64 samples: p50 overhead (issue 8 target)",
-                        overhead,
-                        None,
-                        "ms",
-                        "<= 3",
-                        note,
-                    )
-                )
-            rps[batch] = concurrent_rps(client, ref)
+            rps[batch].append(concurrent_rps(url, ref))
+            if batch > 1:  # requests per forward pass since this deployment started (mostly this run)
+                merged.append(json.loads(Conn(url).get("/v1/stats"))["generator"]["mean_batch_size"])
             undeploy()
+        merged_rps, separate_rps = merged_forward_speedup(home, ref)
+        on, off = float(np.median(rps[32])), float(np.median(rps[1]))
+        runs = "; ".join(
+            f"{k}: " + ", ".join(f"{x:.0f}" for x in rps[b]) for k, b in (("on", 32), ("off", 1))
+        )
+        per_pass = np.mean(merged) if merged else float("nan")
         rows.append(
             Row(
                 "16 concurrent clients, 10 samples each: requests/s with batching vs without",
-                rps[32],
-                rps[1],
+                on,
+                off,
                 "req/s",
                 ">= 2",
+                f"req/s per run, {runs}; requests per forward pass with batching: {per_pass:.1f}",
+            )
+        )
+        rows.append(
+            Row(
+                "generator work for 16 requests of 10 samples (forward + npz), in process: merged vs one "
+                "pass each",
+                merged_rps,
+                separate_rps,
+                "req/s",
+                "n/a",
+                "reference: what @serve.batch saves per merged request, without Serve's per-request cost",
             )
         )
     return rows
@@ -128,8 +224,9 @@ def run(requests: int = 200) -> list[Row]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--requests", type=int, default=200)
+    p.add_argument("--rounds", type=int, default=2, help="batching on/off pairs (each a fresh deployment)")
     args = p.parse_args(argv)
-    print(json.dumps([r.to_dict() for r in run(args.requests)], indent=2))
+    print(json.dumps([r.to_dict() for r in run(args.requests, args.rounds)], indent=2))
     return 0
 
 

@@ -9,16 +9,13 @@
 """
 
 import asyncio
-import base64
 import hashlib
 import hmac
-import io
 import os
 import time
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 from fastapi import FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -30,6 +27,7 @@ from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cluster import metrics
+from cluster.formats import MEDIA_TYPES
 from cluster.generator import Generator, ModelUnavailable
 from cluster.queue import InvalidTransition, JobNotFound, QueueError
 from jobs.generate import TEMPERATURE_RANGE, parse_counts
@@ -266,26 +264,6 @@ def _job_view(job: dict, request: Request) -> dict:
     return view
 
 
-def _grid_png(images: np.ndarray, labels: np.ndarray, num_classes: int) -> bytes:
-    """A grid with one row per class present (images upscaled to at least 32 px)."""
-    from PIL import Image
-
-    n, h, w, c = images.shape
-    scale = max(1, 32 // h)
-    rows = [images[labels == k] for k in range(num_classes) if (labels == k).any()]
-    cols = max(len(r) for r in rows)
-    grid = np.full((len(rows) * (h * scale + 2), cols * (w * scale + 2), c), 255, np.uint8)
-    for i, row in enumerate(rows):
-        for j, img in enumerate(row):
-            big = img.repeat(scale, 0).repeat(scale, 1)
-            y, x = i * (h * scale + 2) + 1, j * (w * scale + 2) + 1
-            grid[y : y + h * scale, x : x + w * scale] = big
-    pil = Image.fromarray(grid[..., 0] if c == 1 else grid)
-    buf = io.BytesIO()
-    pil.save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def _console_file(name: str) -> Response:
     if name not in CONSOLE_FILES:
         raise ApiError(404, "not found", f"no console file {name!r}")
@@ -321,6 +299,8 @@ class Ingress:
         token_sha256: str | None = None,
         inline_cap: int = DEFAULT_INLINE_CAP,
         queue_options: dict | None = None,
+        max_batch_size: int = 32,
+        batch_wait_timeout_s: float = 0.0,
     ):
         from cluster.dispatcher import get_queue
 
@@ -330,6 +310,8 @@ class Ingress:
         self.token_sha256 = token_sha256
         self.inline_cap = inline_cap
         self.queue = get_queue(self.home, **(queue_options or {}))
+        self._generate.set_max_batch_size(max_batch_size)  # 1: one generator call per HTTP request
+        self._generate.set_batch_wait_timeout_s(batch_wait_timeout_s)
 
     # -------------------------------------------------------------- auth and helpers
 
@@ -347,6 +329,11 @@ class Ingress:
             return await ref
         except Exception as e:
             raise _classify(e) from None
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0)
+    async def _generate(self, requests: list[dict]) -> list[bytes | Exception]:
+        """Inline sample requests that reach this replica together go to the generator as one call."""
+        return await self.generator.sample_encoded.remote(requests)
 
     # -------------------------------------------------------------- health
 
@@ -459,12 +446,16 @@ class Ingress:
                 f"{total} samples requested; the inline cap is {self.inline_cap}. "
                 "Submit a job with POST /v1/jobs for larger requests.",
             )
-        labels = np.repeat(np.arange(len(classes)), counts)
+        request = {
+            "model": mv.ref,
+            "counts": list(counts),
+            "seed": body.seed,
+            "temperature": body.temperature,
+            "format": body.format,
+        }
         for attempt in range(1, SAMPLE_ATTEMPTS + 1):
             try:
-                images = await self.generator.sample.remote(
-                    mv.ref, labels.tolist(), body.seed, body.temperature
-                )
+                result = await self._generate(request)
                 break
             except _GONE as e:  # the replica died mid-request: re-send (deterministic, so safe)
                 if attempt == SAMPLE_ATTEMPTS:
@@ -472,36 +463,12 @@ class Ingress:
                 await asyncio.sleep(0.2 * attempt)
             except Exception as e:
                 raise _classify(e) from None
+        if isinstance(result, Exception):  # this request's own failure (e.g. its model cannot load)
+            raise _classify(result) from None
         headers = {"X-Genaug-Model": mv.ref}
         if body.format == "npz":
-            buf = io.BytesIO()
-            np.savez(
-                buf, images=images, labels=labels.astype(np.int64), label_names=np.array(classes)[labels]
-            )
-            response = Response(
-                buf.getvalue(),
-                media_type="application/octet-stream",
-                headers={**headers, "Content-Disposition": 'attachment; filename="samples.npz"'},
-            )
-            return response, mv.ref, int(total)
-        if body.format == "png":
-            png = _grid_png(images, labels, len(classes))
-            return Response(png, media_type="image/png", headers=headers), mv.ref, int(total)
-        from jobs.shards import encode_pngs
-
-        pngs = encode_pngs(images)
-        response = JSONResponse(
-            {
-                "model": mv.ref,
-                "count": int(total),
-                "samples": [
-                    {"label": int(y), "label_name": classes[int(y)], "png": base64.b64encode(p).decode()}
-                    for y, p in zip(labels, pngs, strict=False)
-                ],
-            },
-            headers=headers,
-        )
-        return response, mv.ref, int(total)
+            headers["Content-Disposition"] = 'attachment; filename="samples.npz"'
+        return Response(result, media_type=MEDIA_TYPES[body.format], headers=headers), mv.ref, int(total)
 
     # -------------------------------------------------------------- jobs
 
@@ -575,7 +542,8 @@ class Ingress:
 
 def build_app(args: dict[str, Any] | None = None) -> serve.Application:
     """Assemble the app. ``args``: home, min_replicas, max_replicas, gpu_per_replica, cpus_per_replica,
-    cache_size, max_batch_size, inline_cap, max_running, max_in_flight, lease_s, max_total_rows.
+    cache_size, max_batch_size, batch_wait_timeout_s, inline_cap, max_running, max_in_flight, lease_s,
+    max_total_rows.
     The API token comes from ``GENAUG_API_TOKEN``
     (only its sha256 travels in the deployment's arguments)."""
     args = dict(args or {})
@@ -583,6 +551,8 @@ def build_app(args: dict[str, Any] | None = None) -> serve.Application:
     token = args.get("api_token") or os.environ.get("GENAUG_API_TOKEN")
     token_sha256 = hashlib.sha256(token.encode()).hexdigest() if token else None
     gpu = float(args.get("gpu_per_replica", 0) or 0)
+    max_batch_size = int(args.get("max_batch_size", 32))
+    batch_wait_timeout_s = float(args.get("batch_wait_timeout_s", 0.0))
     generator = serve.deployment(
         Generator,
         name="Generator",
@@ -597,10 +567,16 @@ def build_app(args: dict[str, Any] | None = None) -> serve.Application:
         },
         health_check_period_s=5,
         graceful_shutdown_timeout_s=5,
-    ).bind(home, int(args.get("cache_size", 4)), None, int(args.get("max_batch_size", 32)))
+    ).bind(home, int(args.get("cache_size", 4)), None, max_batch_size, batch_wait_timeout_s)
     queue_options = {
         k: args[k] for k in ("max_running", "max_in_flight", "lease_s", "max_total_rows") if k in args
     }
     return Ingress.bind(
-        generator, home, token_sha256, int(args.get("inline_cap", DEFAULT_INLINE_CAP)), queue_options
+        generator,
+        home,
+        token_sha256,
+        int(args.get("inline_cap", DEFAULT_INLINE_CAP)),
+        queue_options,
+        max_batch_size,
+        batch_wait_timeout_s,
     )

@@ -20,7 +20,9 @@ import functools
 import os
 import re
 import shutil
+import stat
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -107,6 +109,30 @@ def _model_json(uri: str) -> dict[str, Any]:
     return info
 
 
+_VERSIONS_CACHE: dict[str, tuple[tuple[int, int, int], tuple[int, ...]]] = {}
+_SETTLED_NS = 2_000_000_000  # a folder unchanged for 2 s: any later change gets a newer mtime
+
+
+def _list_versions(folder: str, st: os.stat_result) -> tuple[int, ...]:
+    """Version numbers in ``folder``, cached by its (inode, mtime, link count).
+
+    Publishing a version renames a directory into the folder, which changes its mtime. Timestamps are
+    taken from a coarse clock, so two changes a few ms apart can share one mtime: a listing is cached
+    only once the folder has been unchanged for ``_SETTLED_NS``, after which any change shows.
+    """
+    key = (st.st_ino, st.st_mtime_ns, st.st_nlink)
+    hit = _VERSIONS_CACHE.get(folder)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    found = (_VERSION_RE.match(entry.name) for entry in os.scandir(folder))
+    versions = tuple(sorted(int(m.group(1)) for m in found if m))
+    if time.time_ns() - st.st_mtime_ns > _SETTLED_NS:
+        _VERSIONS_CACHE[folder] = (key, versions)
+    else:
+        _VERSIONS_CACHE.pop(folder, None)
+    return versions
+
+
 def parse_ref(ref: str) -> tuple[str, int | None]:
     """Split ``NAME[:VERSION]`` (VERSION as ``3`` or ``v3``) into ``(name, version or None)``."""
     if not isinstance(ref, str) or not ref:
@@ -151,9 +177,22 @@ class Registry:
         return sorted(self._scan(self.root, 2))
 
     def versions(self, name: str) -> list[int]:
-        """The published version numbers of ``name``, ascending (empty when unknown)."""
+        """The published version numbers of ``name``, ascending (empty when unknown).
+
+        On a local root, one ``stat`` per call while the model's folder is unchanged (the listing is
+        cached, see ``_list_versions``): ``POST /v1/samples`` resolves a model on every request. A local
+        ``v<k>`` folder is always complete (it is published by one rename).
+        """
         folder = self.root / validate_name(name, "model name")
-        return self._scan(folder, 1).get("", [])
+        if not folder.is_local:  # an object store: one listing (v<k> counts once its model.json exists)
+            return self._scan(folder, 1).get("", [])
+        try:
+            st = os.stat(folder.local_path)
+        except OSError:
+            return []
+        if not stat.S_ISDIR(st.st_mode):
+            return []
+        return list(_list_versions(str(folder.local_path), st))
 
     def list(self) -> list[ModelVersion]:
         """Every published version of every model."""

@@ -413,13 +413,28 @@ def build_shard_table(
         image,
         pa.array(lab, type=pa.int64()),
         label_names,
-        pa.array([f"{shard:05d}-{row:07d}" for row in range(n)], type=pa.string()),
+        _row_keys(int(shard), n),
         pa.array([model] * n, type=pa.string()),
         pa.array(np.full(n, int(seed), dtype=np.int64), type=pa.int64()),
         pa.array(np.full(n, bool(is_synthetic)), type=pa.bool_()),
         pa.array([hashlib.sha256(b).hexdigest() for b in images_png], type=pa.string()),
     ]
     return pa.Table.from_arrays(columns, schema=shard_schema(names))
+
+
+def _row_keys(shard: int, n: int) -> pa.StringArray:
+    """``f"{shard:05d}-{row:07d}"`` for rows 0..n-1, built as one character array (6x faster at 10k)."""
+    if n >= 10**7:  # wider than 7 digits: the general (slow) form
+        return pa.array([f"{shard:05d}-{row:07d}" for row in range(n)], type=pa.string())
+    prefix = np.frombuffer(f"{shard:05d}-".encode(), np.uint8)
+    powers = 10 ** np.arange(6, -1, -1, dtype=np.int64)  # (7,)
+    digits = (np.arange(n, dtype=np.int64)[:, None] // powers) % 10 + ord("0")  # (N, 7)
+    chars = np.empty((n, prefix.size + 7), np.uint8)
+    chars[:, : prefix.size] = prefix
+    chars[:, prefix.size :] = digits
+    width = chars.shape[1]
+    offsets = np.arange(0, (n + 1) * width, width, dtype=np.int32)  # (N + 1,): fixed-width strings
+    return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(chars))
 
 
 def table_to_parquet_bytes(table: pa.Table) -> pa.Buffer:
@@ -456,30 +471,71 @@ def write_shard(
 ) -> dict[str, Any]:
     """Write shard ``shard`` of ``num_shards`` under ``output`` atomically and return its info.
 
-    The file is serialised in memory, written to ``data/.tmp-<name>.<uuid>`` and moved to its final
-    name; on any error the temp file is removed and no final file appears. Same inputs, same bytes.
+    ``build_shard_table`` then ``write_shard_table``: the file is serialised in memory, written to
+    ``data/.tmp-<name>.<uuid>`` (flushed to disk on local storage) and moved to its final name; on any
+    error the temp file is removed and no final file appears. Same inputs, same bytes.
     Returns ``{shard, path, rows, bytes, uncompressed_bytes, sha256, class_counts {label_name: n}, seed}``
     (``uncompressed_bytes``: the Parquet footer's total uncompressed size, the card's ``num_bytes``).
     """
+    _check_shard_index(shard, num_shards)
+    names = _validate_classes(classes)
+    table = build_shard_table(images_png, labels, names, model, seed, shard)
+    return _write_table(output, int(shard), int(num_shards), table, names, int(seed), filesystem)
+
+
+def write_shard_table(
+    output: str | os.PathLike,
+    shard: int,
+    num_shards: int,
+    table: pa.Table,
+    *,
+    filesystem: pafs.FileSystem | None = None,
+) -> dict[str, Any]:
+    """Commit a ``build_shard_table`` table as shard ``shard`` of ``num_shards``; see ``write_shard``."""
+    _check_shard_index(shard, num_shards)
+    try:
+        classes = json.loads(table.schema.metadata[b"huggingface"])["info"]["features"]["label"]["names"]
+    except (TypeError, KeyError, ValueError):
+        raise ValueError("table has no genaug shard schema; valid: a build_shard_table result") from None
+    want = shard_schema(classes)
+    if not table.schema.equals(want, check_metadata=True):
+        raise ValueError(f"table schema {table.schema} invalid; valid: shard_schema(classes)")
+    seeds = np.unique(table.column("seed").to_numpy()).tolist()
+    if len(seeds) > 1:
+        raise ValueError(f"table has seeds {seeds[:5]}; valid: exactly one shard seed")
+    seed = seeds[0] if seeds else 0
+    return _write_table(output, int(shard), int(num_shards), table, classes, seed, filesystem)
+
+
+def _check_shard_index(shard: int, num_shards: int) -> None:
     if isinstance(num_shards, bool) or int(num_shards) != num_shards or num_shards < 1:
         raise ValueError(f"num_shards {num_shards!r} invalid; valid: an integer >= 1")
     if isinstance(shard, bool) or int(shard) != shard or not 0 <= shard < num_shards:
         raise ValueError(f"shard {shard!r} invalid; valid: 0..{num_shards - 1}")
-    names = _validate_classes(classes)
-    table = build_shard_table(images_png, labels, names, model, seed, shard)
+
+
+def _write_table(
+    output: str | os.PathLike,
+    shard: int,
+    num_shards: int,
+    table: pa.Table,
+    classes: list[str],
+    seed: int,
+    filesystem: pafs.FileSystem | None,
+) -> dict[str, Any]:
     buf = table_to_parquet_bytes(table)
     fs, base = resolve_output(output, filesystem)
-    rel = shard_path(int(shard), int(num_shards))
+    rel = shard_path(shard, num_shards)
     _put_atomic(fs, join_path(base, rel), buf)
-    per_class = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(names))
+    per_class = np.bincount(table.column("label").to_numpy(), minlength=len(classes))
     return {
-        "shard": int(shard),
+        "shard": shard,
         "path": rel,
         "rows": table.num_rows,
         "bytes": buf.size,
         "uncompressed_bytes": _uncompressed_bytes(buf),
         "sha256": hashlib.sha256(buf).hexdigest(),
-        "class_counts": {name: int(per_class[i]) for i, name in enumerate(names)},
+        "class_counts": {name: int(per_class[i]) for i, name in enumerate(classes)},
         "seed": int(seed),
     }
 
@@ -877,4 +933,5 @@ __all__ = [
     "write_card",
     "write_manifest",
     "write_shard",
+    "write_shard_table",
 ]

@@ -316,6 +316,31 @@ def test_write_shard_is_byte_identical_when_regenerated(tmp_path: Path) -> None:
     assert other["sha256"] != a["sha256"]
 
 
+def test_write_shard_table_matches_write_shard_and_rejects_foreign_tables(tmp_path: Path) -> None:
+    pngs, labels, seed, _ = _shard_inputs(1, [3, 4, 2])
+    a = write_shard(tmp_path / "a", 1, 3, pngs, labels, CLASSES, MODEL, seed)
+    table = build_shard_table(pngs, labels, CLASSES, MODEL, seed, 1)
+    b = shards.write_shard_table(tmp_path / "b", 1, 3, table)
+    assert a == b
+    name = "data/train-00001-of-00003.parquet"
+    assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    with pytest.raises(ValueError, match="shard schema"):
+        shards.write_shard_table(tmp_path / "c", 0, 1, pa.table({"x": [1]}))
+    mixed = pa.concat_tables([table, build_shard_table(pngs, labels, CLASSES, MODEL, seed + 1, 1)])
+    with pytest.raises(ValueError, match="exactly one shard seed"):
+        shards.write_shard_table(tmp_path / "c", 0, 1, mixed)
+    with pytest.raises(ValueError, match=r"valid: 0\.\.0"):
+        shards.write_shard_table(tmp_path / "c", 1, 1, table)
+    assert not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize("shard", [0, 7, 99_999, 123_456])
+def test_row_keys_match_their_plain_python_form(shard: int) -> None:
+    n = 1234
+    assert shards._row_keys(shard, n).to_pylist() == [f"{shard:05d}-{row:07d}" for row in range(n)]
+    assert shards._row_keys(shard, 0).to_pylist() == []
+
+
 def test_write_shard_rejects_bad_input_and_writes_nothing(tmp_path: Path) -> None:
     pngs, labels, seed, _ = _shard_inputs(0, [2, 2, 2])
     with pytest.raises(ValueError, match="one label per image"):

@@ -505,3 +505,20 @@ def test_resolve_home_accepts_uris_and_names_valid_forms(fake_s3_env, tmp_path, 
     assert resolve_home(str(tmp_path)).uri == str(tmp_path.resolve())
     with pytest.raises(ValueError, match="valid: a local path, file://PATH, s3://BUCKET"):
         resolve_home("hdfs://nn/x")
+
+
+def test_registry_listing_cache_sees_every_new_version(tmp_path, monkeypatch):
+    """``Registry.versions`` caches a folder's listing by its stat; a published version always shows."""
+    import jobs.registry as registry
+
+    monkeypatch.setattr(registry, "_SETTLED_NS", 0)  # cache every listing at once (the worst case)
+    reg = registry.Registry(tmp_path)
+    assert reg.versions("m") == []
+    for k in range(1, 4):
+        assert reg.register("m", lambda tmp: {}).version == k
+        assert reg.versions("m") == list(range(1, k + 1))
+        assert reg.resolve("m").version == k
+    monkeypatch.setattr(registry, "_SETTLED_NS", 10**12)  # a folder changed just now is not cached
+    registry._VERSIONS_CACHE.clear()
+    assert reg.versions("m") == [1, 2, 3]
+    assert str(tmp_path / "models" / "m") not in registry._VERSIONS_CACHE
