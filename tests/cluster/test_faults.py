@@ -4,7 +4,7 @@ Each fault is one test: a Ray Train worker SIGKILLed mid-run, a generation worke
 Serve replicas SIGKILLed while `/v1/samples` requests are in flight, the whole local Ray of a
 `genaug serve` SIGKILLed mid-job and started again, a full filesystem, damaged model versions, and a
 locked or read-only job store. Every process killed here is one this test session started (a
-descendant of this process, or of a subprocess it launched in its own process group); nothing else
+descendant of this process, or a process in the session of a subprocess it launched); nothing else
 is touched, and no `ray stop` is ever run.
 """
 
@@ -458,7 +458,10 @@ def test_read_only_job_store_is_a_clear_error_without_damage(tmp_path):
 
 
 def _serve(home: Path, port: int) -> subprocess.Popen:
-    """`genaug serve` in its own process group: its local Ray (every Ray process) lives in that group."""
+    """`genaug serve` in its own session: its local Ray (every Ray process) lives in that session.
+
+    (Ray puts each worker in a process group of its own, but they all stay in the session.)
+    """
     env = {**os.environ, "GENAUG_HOME": str(home)}
     for key in ("GENAUG_URL", "RAY_ADDRESS", "GENAUG_API_TOKEN"):
         env.pop(key, None)
@@ -472,19 +475,31 @@ def _serve(home: Path, port: int) -> subprocess.Popen:
     )
 
 
-def _group(pgid: int) -> list[int]:
+def _session(sid: int) -> list[int]:
+    """The live processes of session ``sid`` (one this test started with ``start_new_session``)."""
     pids = []
     for pid in psutil.pids():
         try:
-            if os.getpgid(pid) == pgid:
+            if os.getsid(pid) == sid and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
                 pids.append(pid)
-        except OSError:
+        except (OSError, psutil.Error):
             pass
     return pids
 
 
+def _kill_session(sid: int) -> None:
+    for pid in _session(sid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def test_whole_local_ray_sigkilled_mid_job_then_restarted(tmp_path):
-    """SIGKILL every process of a `genaug serve` (its local Ray included) mid-job; serve again: resumed."""
+    """SIGKILL every process of a `genaug serve` (its local Ray included) mid-job; serve again: resumed.
+
+    (Its processes are found by session id: Ray puts each worker in a process group of its own.)
+    """
     from cluster.service import free_port, wait_ready
 
     home = tmp_path / "home"
@@ -493,15 +508,15 @@ def test_whole_local_ray_sigkilled_mid_job_then_restarted(tmp_path):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     server = _serve(home, port)
-    assert os.getpgid(server.pid) != os.getpgid(0)
+    assert os.getsid(server.pid) == server.pid != os.getsid(0)
     try:
         wait_ready(url, 180)
         job = submit(url, {"model": "tiny-cgan", "per_class": 4000, "shard_rows": 500, "seed": 11})
         wait_until(lambda: job_of(url, job["id"])["shards_done"] >= 4, 120, "4 committed shards")
     finally:
-        os.killpg(server.pid, signal.SIGKILL)  # the CLI, GCS, raylet, Serve, replicas, queue owner
+        _kill_session(server.pid)  # at once: the CLI, GCS, raylet, Serve, replicas, queue owner
         server.communicate(timeout=60)
-    wait_until(lambda: not _group(server.pid), 60, "every process of the killed Ray to exit")
+    wait_until(lambda: not _session(server.pid), 60, "every process of the killed Ray to exit")
     store_path = home / "state" / "queue.sqlite"
     with JobStore(store_path, readonly=True) as store:
         stranded = store.get(job["id"])
@@ -520,7 +535,7 @@ def test_whole_local_ray_sigkilled_mid_job_then_restarted(tmp_path):
         try:
             log, _ = server.communicate(timeout=120)
         except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
+            _kill_session(server.pid)
             log, _ = server.communicate(timeout=60)
         print("restarted genaug serve said:", log[-3000:])
     assert done["status"] == "succeeded", done
