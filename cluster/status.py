@@ -1,8 +1,9 @@
 """``genaug status``: the cluster, the Serve app, the queue and the storage root on one screen.
 
 It joins the Ray cluster named by ``RAY_ADDRESS``, or else the local Ray of a running ``genaug serve``
-for the same storage root (``genaug serve`` records its Ray address in ``state/service.json``). It
-never starts Ray: when nothing runs it says so, and still shows the queue from the SQLite store.
+for the same storage root (``genaug serve`` records its Ray address in ``service.json`` in the root's
+local state folder, ``<root>/state`` for a local root). It never starts Ray: when nothing runs it says
+so, and still shows the queue from the SQLite store.
 
 Also here: the storage check behind ``genaug serve``'s warning, since a storage root on one node's own
 disk is wrong as soon as the cluster spans several machines.
@@ -21,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from cluster import APP_NAME
-from jobs.storage import resolve_home, write_json_atomic
+from jobs.storage import resolve_home, state_dir, write_json_atomic
 
-SERVICE_FILE = "state/service.json"
+SERVICE_FILE = "service.json"  # in the storage root's local state folder (jobs.storage.state_dir)
 # File systems that several machines can mount as one: network and cluster file systems, FUSE mounts
 # of object stores (gcsfuse, s3fs, mountpoint-s3, juicefs), and EFS/Filestore (NFS underneath).
 NETWORK_FS = {
@@ -113,7 +114,7 @@ def record_service(home: str | os.PathLike | None, url: str) -> Path:
     """Written by ``genaug serve`` once it serves: its Ray address, URL and pid, for ``genaug status``."""
     import ray
 
-    path = resolve_home(home) / SERVICE_FILE
+    path = state_dir(home) / SERVICE_FILE
     write_json_atomic(
         path,
         {
@@ -131,8 +132,8 @@ def record_service(home: str | os.PathLike | None, url: str) -> Path:
 
 
 def forget_service(home: str | os.PathLike | None) -> None:
-    """Remove ``state/service.json`` if this process wrote it."""
-    path = resolve_home(home) / SERVICE_FILE
+    """Remove the recorded ``service.json`` if this process wrote it."""
+    path = state_dir(home) / SERVICE_FILE
     with contextlib.suppress(OSError, ValueError):
         if json.loads(path.read_text()).get("pid") == os.getpid():
             path.unlink()
@@ -140,7 +141,7 @@ def forget_service(home: str | os.PathLike | None) -> None:
 
 def read_service(home: str | os.PathLike | None) -> dict | None:
     """The recorded ``genaug serve`` of this storage root, if its process still runs (or runs elsewhere)."""
-    path = resolve_home(home) / SERVICE_FILE
+    path = state_dir(home) / SERVICE_FILE
     try:
         service = json.loads(path.read_text())
     except (OSError, ValueError):

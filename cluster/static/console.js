@@ -457,7 +457,7 @@ function showJobError(box, error) {
   box.dataset.raw = text;
   const lines = text.split("\n").map((l) => l.trim()).filter(Boolean);
   if (lines.length <= 1) {
-    box.textContent = text;
+    box.replaceChildren(el("div", { class: "job-error-summary", text }));
     return;
   }
   box.replaceChildren(
