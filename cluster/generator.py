@@ -74,13 +74,26 @@ class Generator:
         """Write one shard of a job (in a worker thread so the replica stays responsive)."""
         t = ShardTask.from_dict(task)
         model = self.model(t.model)
-        info = await asyncio.to_thread(run_shard, model, t)
+        info = await asyncio.to_thread(run_shard, model, t, home=self.registry.home)
         self.shards_written += 1
         return info
 
-    async def sample(self, model: str, labels: list[int], seed: int, temperature: float = 1.0) -> np.ndarray:
-        """uint8 images (N, H, W, C) for ``labels``; identical for identical (model, labels, seed)."""
-        self.model(model)  # load errors surface here, outside the batch
+    async def sample(
+        self, model: str, labels: list[int], seed: int, temperature: float = 1.0, filter: str | None = None
+    ) -> np.ndarray:
+        """uint8 images (N, H, W, C) for ``labels``; identical for identical (model, labels, seed, filter).
+
+        ``filter="label"``: rejection sampling through the domain classifier (``jobs.quality``), unbatched.
+        """
+        m = self.model(model)  # load errors surface here, outside the batch
+        if filter is not None:
+            from jobs import quality
+
+            def filtered() -> np.ndarray:
+                clf = quality.model_classifier(self.registry.home, model)
+                return quality.filtered_uint8(m, clf, np.asarray(labels, np.int64), int(seed), temperature)[0]
+
+            return await asyncio.to_thread(filtered)
         return await self._sample_batch(SampleRequest(model, tuple(labels), int(seed), float(temperature)))
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)

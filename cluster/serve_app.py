@@ -54,6 +54,9 @@ class SamplesRequest(BaseModel):
     seed: int = Field(0, ge=0, lt=2**63, description="same seed, same images")
     temperature: float = Field(1.0, ge=TEMPERATURE_RANGE[0], le=TEMPERATURE_RANGE[1])
     format: Literal["json", "npz", "png"] = "json"
+    filter: Literal["label"] | None = Field(
+        None, description="label: only samples the classifier reads as asked"
+    )
 
 
 class JobRequest(BaseModel):
@@ -355,7 +358,7 @@ class Ingress:
             )
         labels = np.repeat(np.arange(len(classes)), counts)
         images = await self._call(
-            self.generator.sample.remote(mv.ref, labels.tolist(), body.seed, body.temperature)
+            self.generator.sample.remote(mv.ref, labels.tolist(), body.seed, body.temperature, body.filter)
         )
         headers = {"X-Genaug-Model": mv.ref}
         if body.format == "npz":
