@@ -43,7 +43,7 @@ RUN_JSON = "genaug_run.json"
 # Global batch 128 (64 per worker on 2 workers): under DDP a step costs mostly communication, so twice
 # the batch halves the steps, and the wall time, for the same number of epochs.
 MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
-    "cvae": {"epochs": 200, "batch_size": 128, "lr": 2e-3, "checkpoint_every": 50},
+    "cvae": {"epochs": 150, "batch_size": 128, "lr": 2e-3, "checkpoint_every": 50},
     "cgan": {"epochs": 300, "batch_size": 128, "lr": 4.2e-4, "checkpoint_every": 50},
 }
 # Model-config defaults of a training run (``--model-config`` overrides them); the model classes keep
