@@ -88,31 +88,47 @@ class Generator:
         """Write one shard of a job (in a worker thread so the replica stays responsive)."""
         t = ShardTask.from_dict(task)
         model = self.model(t.model)
-        info = await asyncio.to_thread(run_shard, model, t)
+        info = await asyncio.to_thread(run_shard, model, t, home=self.registry.home)
         self.shards_written += 1
         return {**info, "worker": worker_identity()}  # the queue records who wrote each shard
 
-    async def sample(self, model: str, labels: list[int], seed: int, temperature: float = 1.0) -> np.ndarray:
-        """uint8 images (N, H, W, C) for ``labels``; identical for identical (model, labels, seed)."""
+    async def sample(
+        self, model: str, labels: list[int], seed: int, temperature: float = 1.0, filter: str | None = None
+    ) -> np.ndarray:
+        """uint8 images (N, H, W, C) for ``labels``; identical for identical (model, labels, seed, filter)."""
         self.model(model)  # load errors surface here, outside the batch
+        if filter is not None:
+            return await asyncio.to_thread(self._filtered, model, labels, seed, temperature)
         return await self._sample_batch(SampleRequest(model, tuple(labels), int(seed), float(temperature)))
 
     async def sample_encoded(self, requests: list[dict[str, Any]]) -> list[bytes | Exception]:
-        """Response bodies for inline requests ``{model, counts, seed, temperature, format}``, in order.
+        """Response bodies for inline requests ``{model, counts, seed, temperature, format, filter?}``.
 
         ``counts`` are rows per class index (labels in class order); a request whose model cannot be
-        loaded gets its exception in its place, the others are unaffected.
+        loaded gets its exception in its place, the others are unaffected. Filtered requests
+        (``filter: "label"``) are rejection-sampled one by one in a worker thread, never batched.
         """
 
         async def one(r: dict[str, Any]) -> bytes:
             self.model(r["model"])  # load errors surface here, outside the batch
             labels = np.repeat(np.arange(len(r["counts"])), r["counts"])
-            req = SampleRequest(
-                r["model"], tuple(labels.tolist()), int(r["seed"]), float(r["temperature"]), r["format"]
-            )
+            seed, temperature = int(r["seed"]), float(r["temperature"])
+            if r.get("filter"):
+                images = await asyncio.to_thread(self._filtered, r["model"], labels, seed, temperature)
+                classes = self.registry.resolve(r["model"]).info["classes"]
+                return encode_samples(images, labels, classes, r["format"], r["model"])
+            req = SampleRequest(r["model"], tuple(labels.tolist()), seed, temperature, r["format"])
             return await self._sample_batch(req)
 
         return list(await asyncio.gather(*(one(r) for r in requests), return_exceptions=True))
+
+    def _filtered(self, ref: str, labels, seed: int, temperature: float) -> np.ndarray:
+        """``filter: "label"``: samples the domain classifier reads as their label (``jobs.quality``)."""
+        from jobs import quality
+
+        classifier = quality.model_classifier(self.registry.home, ref)
+        labels = np.asarray(labels, np.int64)
+        return quality.filtered_uint8(self.model(ref), classifier, labels, int(seed), temperature)[0]
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0)
     async def _sample_batch(self, requests: list[SampleRequest]) -> list[np.ndarray | bytes]:

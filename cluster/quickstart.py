@@ -32,6 +32,13 @@ def run(args: argparse.Namespace) -> int:
             info = train(TrainSettings(model=kind, dataset="digits", name=name, workers=2), home)
             trained.append(info)
             print(f"   registered {info['ref']} in {info['train_time_s']:.0f} s\n", flush=True)
+        print("   quality (quick check against the real digits test split):", flush=True)
+        t_q = time.perf_counter()
+        from jobs.evaluate import quick_summary, summary_table
+
+        for line in summary_table([quick_summary(home, info["ref"]) for info in trained]):
+            print("     " + line)
+        print(f"   ({time.perf_counter() - t_q:.0f} s)\n", flush=True)
         with local_service(str(home)) as url:
             client = Client(url, token="")
             print(

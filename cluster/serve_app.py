@@ -31,6 +31,7 @@ from cluster.formats import MEDIA_TYPES
 from cluster.generator import Generator, ModelUnavailable
 from cluster.queue import InvalidTransition, JobNotFound, QueueError
 from jobs.generate import TEMPERATURE_RANGE, parse_counts
+from jobs.quality import FilterRejected
 from jobs.registry import SAMPLES_PNG, Registry, UnknownModel
 from jobs.storage import location, resolve_home
 
@@ -66,6 +67,9 @@ class SamplesRequest(BaseModel):
     seed: int = Field(0, ge=0, lt=2**63, description="same seed, same images")
     temperature: float = Field(1.0, ge=TEMPERATURE_RANGE[0], le=TEMPERATURE_RANGE[1])
     format: Literal["json", "npz", "png"] = "json"
+    filter: Literal["label"] | None = Field(
+        None, description="label: only samples the classifier reads as asked"
+    )
 
 
 class JobRequest(BaseModel):
@@ -122,6 +126,8 @@ def _classify(e: BaseException) -> ApiError:
             return ApiError(503, "model unavailable", str(exc))
         if isinstance(exc, InvalidTransition):
             return ApiError(409, "conflict", str(exc))
+        if isinstance(exc, FilterRejected):  # the model rarely makes a class the classifier agrees with
+            return ApiError(422, "filter rejected", str(exc))
         if isinstance(exc, QueueError):  # the job store is locked, read-only or damaged
             return ApiError(503, "queue unavailable", str(exc))
         if isinstance(exc, _GONE):
@@ -452,6 +458,7 @@ class Ingress:
             "seed": body.seed,
             "temperature": body.temperature,
             "format": body.format,
+            "filter": body.filter,
         }
         for attempt in range(1, SAMPLE_ATTEMPTS + 1):
             try:

@@ -33,6 +33,7 @@ import torch
 
 from jobs import shards
 from jobs.data import denormalize_uint8
+from jobs.quality import check_filter
 from jobs.registry import ModelVersion, Registry
 from jobs.storage import HOME_HELP, location, resolve_home, validate_name
 
@@ -70,7 +71,7 @@ class JobSpec:
     output: str  # output folder: an absolute local path or a URI (s3://..., gs://...) under the root
     temperature: float = 1.0  # noise scale (1 = the trained distribution)
     priority: int = 0  # higher runs first
-    filter: str | None = None  # reserved for quality filtering ("label")
+    filter: str | None = None  # None or "label": only samples the domain classifier reads as asked
 
     @property
     def total_rows(self) -> int:
@@ -212,9 +213,14 @@ def validate_request(
     priority = req.get("priority", 0) or 0
     if isinstance(priority, bool) or not isinstance(priority, int) or not -1000 <= priority <= 1000:
         raise ValueError(f"priority must be an integer in -1000..1000, got {priority!r}")
-    filt = req.get("filter")
-    if filt is not None:  # the classifier-based rejection filter is not built yet: refuse, never ignore
-        raise ValueError(f"filter {filt!r} is not available yet; valid: no filter")
+    filt = check_filter(req.get("filter"))
+    if filt == "label":
+        data = mv.info.get("data") or {}
+        if not (data.get("spec") and data.get("fingerprint") and data.get("image_shape")):
+            raise ValueError(
+                f"filter 'label' needs the training-data facts of {mv.ref} (data.json spec, fingerprint, "
+                "image_shape) to find its domain classifier; this version has none: ask without a filter"
+            )
     out = req.get("out") or req.get("output") or home.join("datasets", validate_name(job_id, "job id")).uri
     output = home.confine(out)
     kind = output.info().type
@@ -256,6 +262,7 @@ class ShardTask:
     temperature: float
     output: str
     classes: tuple[str, ...]
+    filter: str | None = None  # JobSpec.filter
 
     @classmethod
     def of(cls, spec: JobSpec, job_id: str, shard: int) -> ShardTask:
@@ -271,6 +278,7 @@ class ShardTask:
             temperature=spec.temperature,
             output=spec.output,
             classes=spec.classes,
+            filter=spec.filter,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -333,12 +341,30 @@ def generate_uint8(
     return generate_many_uint8(model, [labels], [seed], temperature)[0]
 
 
-def run_shard(model: torch.nn.Module, task: ShardTask, *, filesystem=None) -> dict[str, Any]:
-    """Generate and commit one shard (temp name, then rename); return its manifest entry."""
+def shard_images(
+    model: torch.nn.Module, task: ShardTask, home: str | os.PathLike | None = None
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any] | None]:
+    """Labels (N,), uint8 images (N, H, W, C) and filter statistics (None without a filter) of a shard."""
     labels = shards.shard_labels(np.asarray(task.class_counts), task.seed)
-    images = generate_uint8(model, labels, task.seed, task.temperature)
+    if task.filter is None:
+        return labels, generate_uint8(model, labels, task.seed, task.temperature), None
+    from jobs import quality
+
+    classifier = quality.model_classifier(home, task.model)
+    images, stats = quality.filtered_uint8(model, classifier, labels, task.seed, task.temperature)
+    return labels, images, stats
+
+
+def run_shard(
+    model: torch.nn.Module, task: ShardTask, *, filesystem=None, home: str | os.PathLike | None = None
+) -> dict[str, Any]:
+    """Generate and commit one shard (temp name, then rename); return its manifest entry.
+
+    ``home`` is the storage root whose registry and classifier cache a ``filter`` task uses.
+    """
+    labels, images, stats = shard_images(model, task, home)
     pngs = shards.encode_pngs(images)
-    return shards.write_shard(
+    info = shards.write_shard(
         task.output,
         task.shard,
         task.num_shards,
@@ -349,6 +375,9 @@ def run_shard(model: torch.nn.Module, task: ShardTask, *, filesystem=None) -> di
         task.seed,
         filesystem=filesystem,
     )
+    if stats is not None:
+        info["filter"] = stats
+    return info
 
 
 def lineage(mv: ModelVersion) -> dict[str, Any]:
@@ -389,6 +418,11 @@ def run_job_with_ray_tasks(
     todo = [k for k in range(spec.num_shards) if k not in done]
     if not 0.0 <= gpu_per_task <= 1.0:
         raise ValueError(f"gpu_per_task {gpu_per_task!r} must be in [0, 1] (a fraction of one GPU)")
+    if spec.filter and done:  # shards of an earlier run: their filter statistics are recomputed
+        stats_task = ray.remote(num_cpus=1, max_retries=3)(_filter_stats_task)
+        refs = {k: stats_task.remote(home.uri, ShardTask.of(spec, job_id, k).to_dict()) for k in done}
+        for k, ref in refs.items():
+            done[k]["filter"] = ray.get(ref)
     remote = ray.remote(num_cpus=1, num_gpus=gpu_per_task, max_retries=3)(_shard_task)
     max_in_flight = max_in_flight or max(1, int(ray.cluster_resources().get("CPU", 1)))
     started, pending = time.perf_counter(), {}
@@ -435,7 +469,15 @@ def _shard_task(home: str, task: dict) -> dict[str, Any]:
     t = ShardTask.from_dict(task)
     device = "cuda" if torch.cuda.is_available() else "cpu"  # Ray sets CUDA_VISIBLE_DEVICES per task
     model = Registry(home).resolve(t.model).load(device=device).model
-    return run_shard(model, t)
+    return run_shard(model, t, home=home)
+
+
+def _filter_stats_task(home: str, task: dict) -> dict[str, Any]:
+    """The filter statistics of a shard committed by an earlier run (recomputed: they are deterministic)."""
+    t = ShardTask.from_dict(task)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = Registry(home).resolve(t.model).load(device=device).model
+    return shard_images(model, t, home)[2]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -492,6 +534,13 @@ def add_request_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="job seed (default 0); same seed, same bytes")
     p.add_argument("--temperature", type=float, default=None, help="noise scale, default 1.0")
     p.add_argument("--priority", type=int, default=None, help="higher runs first (default 0)")
+    p.add_argument(
+        "--filter",
+        choices=["label"],
+        default=None,
+        help="label: keep only samples the domain classifier assigns to the requested class "
+        "(rejection sampling; counts stay exact; acceptance per class in manifest.json)",
+    )
 
 
 def request_from_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -506,6 +555,7 @@ def request_from_args(args: argparse.Namespace) -> dict[str, Any]:
         ("shard_rows", "shard_rows"),
         ("temperature", "temperature"),
         ("priority", "priority"),
+        ("filter", "filter"),
     ):
         if getattr(args, flag) is not None:
             req[key] = getattr(args, flag)

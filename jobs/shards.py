@@ -735,6 +735,7 @@ def finalize_dataset(
             {
                 **{k: s[k] for k in ("shard", "path", "rows", "bytes", "sha256", "seed", "class_counts")},
                 "uncompressed_bytes": int(s.get("uncompressed_bytes", 0)),
+                **({"filter": s["filter"]} if s.get("filter") is not None else {}),
             }
             for s in ordered
         ],
@@ -748,6 +749,10 @@ def finalize_dataset(
         "duration_s": float(duration_s),
         "rows_per_s": rows / duration_s if duration_s > 0 else None,
     }
+    if request.get("filter"):  # quality filter: acceptance per class, summed over shards
+        from jobs.quality import summarize
+
+        manifest["filter"] = summarize([s.get("filter") or {} for s in ordered], names)
     _delete_quietly(fs, join_path(base, SUCCESS))  # a re-finalize must not look committed half-way
     digest = write_manifest(base, manifest, filesystem=fs)
     write_card(base, manifest, filesystem=fs)

@@ -35,6 +35,7 @@ from models.blocks import (
 )
 
 LIKELIHOODS = ("gaussian", "bernoulli")
+PRIORS = ("standard", "class_gaussian")
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
@@ -54,6 +55,13 @@ class CVAEConfig:
     embed_dim: int = 16  # class embedding size, fed to encoder and decoder
     conv_width: int = 64  # conv channels at the base resolution (halved per x2 stage, min 16)
     min_log_sigma: float = -3.0  # floor of the learned Gaussian log-scale (sigma >= 0.05): no NLL blow-up
+    # Where ``sample`` draws z: "standard" N(0, I), or "class_gaussian": per class, the Gaussian fitted to
+    # the aggregate posterior of the training images (``fit_prior``; ex-post density estimation, Ghosh
+    # et al. 2020), which avoids decoding from regions of N(0, I) that no training image maps to.
+    prior: str = "standard"
+    # ``sample`` draws z = prior(prior_scale * temperature * eps): the prior's spread, as the model's own
+    # sampling temperature (the truncation / temperature trick of BigGAN and Glow). 1 = the fitted prior.
+    prior_scale: float = 1.0
 
     def __post_init__(self) -> None:
         check_image_config(self.image_size, self.channels, self.arch)
@@ -66,6 +74,8 @@ class CVAEConfig:
         check_float("beta", self.beta, 0.0)
         check_choice("likelihood", self.likelihood, LIKELIHOODS)
         check_float("min_log_sigma", self.min_log_sigma, -20.0, 5.0)
+        check_choice("prior", self.prior, PRIORS)
+        check_float("prior_scale", self.prior_scale, 0.0, 10.0, open_low=True)
 
     @property
     def resolved_arch(self) -> str:
@@ -160,6 +170,10 @@ class CVAE(nn.Module):
             )
         if cfg.likelihood == "gaussian":  # learned global log-scale (no unused parameters: DDP needs that)
             self.log_sigma = nn.Parameter(torch.zeros(()))
+        if cfg.prior == "class_gaussian":  # N(0, I) per class until fit_prior
+            eye = torch.eye(cfg.latent_dim).expand(cfg.num_classes, -1, -1).clone()
+            self.register_buffer("prior_mean", torch.zeros(cfg.num_classes, cfg.latent_dim))
+            self.register_buffer("prior_scale_tril", eye)  # (K, D, D) lower-triangular
 
     @property
     def noise_dim(self) -> int:
@@ -213,6 +227,50 @@ class CVAE(nn.Module):
         return CVAEOutput(loss=loss, recon=recon, kl=kl, x_hat=mean.detach().clamp(-1.0, 1.0))
 
     @torch.no_grad()
+    def fit_prior(self, images: Tensor, labels: Tensor, batch: int = 1024) -> None:
+        """Fit the "class_gaussian" prior to the aggregate posterior of ``images`` (N, C, H, W).
+
+        Per class c with n_c images: mean = mean of the posterior means; covariance = covariance of the
+        posterior means + mean posterior variance (the moments of the mixture of the q(z|x, c)), shrunk
+        towards I by D / (n_c + D) so that few images (D = latent_dim) still give a proper Gaussian.
+        Classes without images keep N(0, I). Deterministic for given weights and data.
+        """
+        if self.config.prior != "class_gaussian":
+            raise ValueError(f"fit_prior needs prior='class_gaussian', not {self.config.prior!r}")
+        was_training = self.training
+        self.eval()
+        device = self.prior_mean.device
+        mus, variances = [], []
+        for i in range(0, len(images), batch):
+            mu, logvar = self.encode(images[i : i + batch].to(device), labels[i : i + batch].to(device))
+            mus.append(mu.double())
+            variances.append(logvar.double().exp())
+        mu, var = torch.cat(mus), torch.cat(variances)  # (N, D) each
+        labels = labels.to(device)
+        dim = mu.shape[1]
+        eye = torch.eye(dim, dtype=torch.float64, device=device)
+        for c in range(self.config.num_classes):
+            sel = labels == c
+            n = int(sel.sum())
+            if n == 0:
+                continue
+            m = mu[sel].mean(0)
+            centred = mu[sel] - m
+            cov = centred.T @ centred / max(n - 1, 1) + torch.diag(var[sel].mean(0))
+            shrink = dim / (n + dim)
+            cov = (1 - shrink) * cov + shrink * eye
+            self.prior_mean[c] = m.float()
+            self.prior_scale_tril[c] = torch.linalg.cholesky(cov).float()
+        self.train(was_training)
+
+    def prior_latent(self, eps: Tensor, labels: Tensor) -> Tensor:
+        """z (B, D) for standard-normal ``eps`` (B, D) under the configured prior and ``prior_scale``."""
+        eps = eps * self.config.prior_scale
+        if self.config.prior == "standard":
+            return eps
+        return self.prior_mean[labels] + torch.einsum("bij,bj->bi", self.prior_scale_tril[labels], eps)
+
+    @torch.no_grad()
     def sample(
         self,
         labels: Tensor,
@@ -220,12 +278,14 @@ class CVAE(nn.Module):
         temperature: float = 1.0,
         noise: Tensor | None = None,
     ) -> Tensor:
-        """Images (B, C, H, W) in [-1, 1] for ``labels`` (B,): the decoder mean at z = temperature * eps.
+        """Images (B, C, H, W) in [-1, 1] for ``labels`` (B,): the decoder mean at prior(temperature * eps).
 
         eps ~ N(0, I) is drawn on the CPU with ``generator`` (a CPU ``torch.Generator``), or taken from
-        ``noise`` (B, latent_dim), so the same seed gives the same images on any device.
+        ``noise`` (B, latent_dim), so the same seed gives the same images on any device; ``prior_latent``
+        maps it to the configured prior (identity for "standard").
         """
         check_labels(labels, self.config.num_classes)
         device = module_device(self)
+        labels = labels.to(device)
         z = sample_noise(labels.shape[0], self.noise_dim, device, generator, temperature, noise)
-        return self.decode(z, labels.to(device))
+        return self.decode(self.prior_latent(z, labels), labels)

@@ -240,22 +240,37 @@ def test_augmentation_gain_positive_for_extra_real_data_negative_for_noise(digit
         100 * good["gain"]["mean"]
     )
     assert len(good["per_seed"]) == 2 and good["gain"]["std"] >= 0
-    assert good["real_shifted"] is None
+    assert good["gain_shifted"] is None and good["gain_shifted_pp"] is None
+    # 20 real images repeated 20 times next to 400 samples: half of the mixed set
+    assert good["real_repeats"] == 20 and good["real_share"] == pytest.approx(0.5)
+    assert good["classifier_steps"] == CHEAP.steps_for(800)  # both arms: the same number of steps
     bad = ev.augmentation_gain(
         "digits", "cgan", 2, [0], train_fn=noise, **{**common, "shift_reference": True}
     )
     assert bad["gain"]["mean"] < 0
-    assert 0.1 < bad["real_shifted"]["mean"] <= 1 and "real_shifted" in bad["per_seed"][0]
+    row = bad["per_seed"][0]
+    assert 0.1 < row["real_only_shifted"] <= 1 and bad["gain_shifted"]["mean"] < 0
+    assert row["gain_shifted"] == pytest.approx(row["augmented_shifted"] - row["real_only_shifted"])
     with pytest.raises(ValueError, match="fewer than k=500"):
         ev.augmentation_gain("digits", "cgan", 500, [0], train_fn=replay, **common)
+
+
+def test_real_repeats_reach_the_share():
+    assert ev.real_repeats(100, 10_000, 0.2) == 25  # 2,500 real / 12,500
+    assert ev.real_repeats(500, 10_000, 0.2) == 5
+    assert ev.real_repeats(5000, 1000, 0.2) == 1  # never fewer than one copy
+    assert ev.real_repeats(100, 0) == 1
+    assert ev.real_repeats(100, 10_000) == 100  # the default: half real, half synthetic
 
 
 def test_default_generator_training_is_seeded():
     x = torch.rand(20, 1, 8, 8) * 2 - 1
     y = torch.arange(10).repeat(2)
     small = {"hidden": 16, "latent_dim": 2}
-    a = ev.train_generator("cvae", x, y, [str(i) for i in range(10)], 3, model_config=small, epochs=3)
-    b = ev.train_generator("cvae", x, y, [str(i) for i in range(10)], 3, model_config=small, epochs=3)
+    classes = [str(i) for i in range(10)]
+    recipe = ev.LowDataRecipe(steps=3, lr=1e-3, data_translation=0.125)
+    a = ev.train_generator("cvae", x, y, classes, 3, model_config=small, recipe=recipe)
+    b = ev.train_generator("cvae", x, y, classes, 3, model_config=small, recipe=recipe)
     assert all(
         torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values(), strict=True)
     )
@@ -265,11 +280,16 @@ def test_default_generator_training_is_seeded():
         for p, q in zip(a.state_dict().values(), fresh.state_dict().values(), strict=True)
     )
     g = ev.train_generator(
-        "cgan", x, y, [str(i) for i in range(10)], 0, model_config={"g_hidden": 16}, epochs=2
+        "cgan", x, y, classes, 0, model_config={"g_hidden": 16}, recipe=ev.LowDataRecipe(steps=2, lr=3e-4)
     )
-    assert int(g.ema_updates) == 2  # one batch of 20 per epoch
+    assert int(g.ema_updates) == 2  # counted in steps, not epochs
     with pytest.raises(ValueError, match="unknown model type 'gan'"):
-        ev.train_generator("gan", x, y, [str(i) for i in range(10)], 0)
+        ev.train_generator("gan", x, y, classes, 0)
+
+
+def test_low_data_recipes_train_for_thousands_of_steps():
+    """The first protocol trained k=10 generators for the full-data epoch count: 100 / 300 steps."""
+    assert ev.LOW_DATA_RECIPES["cvae"].steps >= 2000 and ev.LOW_DATA_RECIPES["cgan"].steps >= 3000
 
 
 # ----------------------------------------------------------------------------- the report and the CLI
@@ -374,3 +394,27 @@ def test_cli_reads_the_version_from_s3_and_writes_the_report_there(s3_root, monk
     assert report["model"] == "tiny-cgan:v1" and set(ev.METRICS) <= set(report)
     assert (vdir / "eval_samples.png").is_file() and (vdir / "eval.md").is_file()
     assert any(p.suffix == ".pt" for p in (cache_dir(s3_root) / "classifiers").iterdir())
+
+
+def test_quick_summary_measures_or_reads_eval_json(tmp_path):
+    register(tmp_path, "tiny-cvae", "cvae")
+    quick = ev.quick_summary(tmp_path, "tiny-cvae", n_per_class=20, classifier_config=CHEAP)
+    assert quick["source"] == "quick" and quick["model"] == "tiny-cvae:v1"
+    assert quick["label_fidelity"] < 0.5  # an untrained model
+    assert quick["fid"] > 3 * quick["fid_floor"] > 0 and 0 <= quick["near_copies"] <= 1
+    lines = ev.summary_table([quick])
+    assert "tiny-cvae:v1" in lines[1] and "quick" in lines[1] and "targets" in lines[-1]
+    vdir = tmp_path / "models" / "tiny-cvae" / "v1"
+    report = {
+        "fast": False,
+        "fid": {"value": 9.0, "floor": 7.5},
+        "label_fidelity": {"value": 0.999},
+        "memorisation": {"value": 0.001},
+        "cas_ratio": {"value": 0.995},
+        "augmentation_gain": {"value": 1.5},
+    }
+    (vdir / "eval.json").write_text(json.dumps(report))
+    read = ev.quick_summary(tmp_path, "tiny-cvae")
+    assert read["source"] == "eval.json" and read["fid"] == 9.0 and read["gain_pp"] == 1.5
+    (vdir / "eval.json").write_text(json.dumps({**report, "fast": True}))  # a smoke run is not used
+    assert ev.quick_summary(tmp_path, "tiny-cvae", 20, classifier_config=CHEAP)["source"] == "quick"

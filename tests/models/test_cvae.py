@@ -174,3 +174,71 @@ def test_gaussian_sigma_is_learned_and_floored():
     with torch.no_grad():
         model.log_sigma.fill_(-10.0)
     assert model.sigma().item() == pytest.approx(torch.exp(torch.tensor(-2.0)).item())
+
+
+# ----------------------------------------------------------------------------- the class-Gaussian prior
+
+
+def test_class_gaussian_prior_matches_the_aggregate_posterior_moments():
+    model = tiny(prior="class_gaussian").eval()
+    assert torch.equal(model.prior_mean, torch.zeros(10, 4))  # N(0, I) until fitted
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(400, 1, 8, 8, generator=g) * 2 - 1
+    y = torch.arange(4).repeat_interleave(100)  # classes 4..9 have no images
+    model.fit_prior(x, y)
+    mu, logvar = model.encode(x, y)
+    for c in range(4):
+        sel = y == c
+        assert torch.allclose(model.prior_mean[c], mu[sel].mean(0), atol=1e-5)
+        cov = torch.cov(mu[sel].T.double()) + torch.diag(logvar[sel].double().exp().mean(0))
+        shrunk = (100 / 104) * cov + (4 / 104) * torch.eye(4, dtype=torch.float64)  # D / (n + D) = 4 / 104
+        fitted = model.prior_scale_tril[c].double() @ model.prior_scale_tril[c].double().T
+        assert torch.allclose(fitted, shrunk, atol=1e-5)
+    assert torch.equal(model.prior_mean[7], torch.zeros(4))  # untouched
+    assert torch.equal(model.prior_scale_tril[7], torch.eye(4))
+    # sample() decodes z = mean + L (prior_scale * eps)
+    eps = torch.randn(3, 4, generator=g)
+    labels = torch.tensor([0, 2, 9])
+    z = model.prior_mean[labels] + torch.einsum("bij,bj->bi", model.prior_scale_tril[labels], eps)
+    assert torch.equal(model.sample(labels, noise=eps), model.decode(z, labels))
+
+
+def test_prior_scale_scales_the_noise_and_is_checked():
+    plain, scaled = tiny(), tiny(prior_scale=0.5)
+    eps = torch.randn(4, 4, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([1, 2, 3, 4])
+    assert torch.equal(scaled.sample(labels, noise=eps), plain.sample(labels, noise=0.5 * eps))
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="prior_scale"):
+            tiny(prior_scale=bad)
+    with pytest.raises(ValueError, match="prior='gaussian'"):
+        tiny(prior="gaussian")
+    with pytest.raises(ValueError, match="fit_prior needs prior='class_gaussian'"):
+        plain.fit_prior(torch.zeros(2, 1, 8, 8), torch.tensor([0, 1]))
+
+
+def test_class_gaussian_prior_survives_a_checkpoint_and_old_configs_load(tmp_path):
+    from models.checkpoint import load_checkpoint, save_checkpoint
+
+    model = tiny(prior="class_gaussian").eval()
+    x, y = batch(8, 1, n=40)
+    model.fit_prior(x, y)
+    save_checkpoint(model, tmp_path / "ck", classes=[str(i) for i in range(10)], data={})
+    loaded = load_checkpoint(tmp_path / "ck").model
+    assert torch.equal(loaded.prior_scale_tril, model.prior_scale_tril)
+    labels = torch.tensor([0, 5])
+    g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    assert torch.equal(loaded.sample(labels, generator=g()), model.sample(labels, generator=g()))
+    # a checkpoint written before the prior existed: no "prior" in config.json, no prior buffers
+    import json
+
+    old = tiny()
+    save_checkpoint(old, tmp_path / "old", classes=[str(i) for i in range(10)], data={})
+    cfg_path = tmp_path / "old" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    for key in ("prior", "prior_scale"):
+        cfg["config"].pop(key)
+    cfg_path.write_text(json.dumps(cfg))
+    again = load_checkpoint(tmp_path / "old").model
+    assert again.config.prior == "standard"
+    assert torch.equal(again.sample(labels, generator=g()), old.sample(labels, generator=g()))
