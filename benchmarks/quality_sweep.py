@@ -61,6 +61,19 @@ GAIN: dict[str, tuple[str, dict, ev.LowDataRecipe]] = {
         dataclasses.replace(ev.LOW_DATA_RECIPES["cgan"], data_translation=0.125),
     ),
     "gan-lowdata-diffaug": ("cgan", {"diffaug": True}, ev.LOW_DATA_RECIPES["cgan"]),
+    "gan-lowdata-ns0.9": ("cgan", {"noise_scale": 0.9}, ev.LOW_DATA_RECIPES["cgan"]),
+    "gan-lowdata-ns0.7": ("cgan", {"noise_scale": 0.7}, ev.LOW_DATA_RECIPES["cgan"]),
+    "gan-lowdata-ns0.5": ("cgan", {"noise_scale": 0.5}, ev.LOW_DATA_RECIPES["cgan"]),
+    "gan-lowdata-shift-ns0.7": (
+        "cgan",
+        {"noise_scale": 0.7},
+        dataclasses.replace(ev.LOW_DATA_RECIPES["cgan"], data_translation=0.125),
+    ),
+    "gan-lowdata-shift-ns0.9": (
+        "cgan",
+        {"noise_scale": 0.9},
+        dataclasses.replace(ev.LOW_DATA_RECIPES["cgan"], data_translation=0.125),
+    ),
     "old-protocol-vae": ("cvae", {}, R(steps=100, lr=1e-3)),  # what 100 epochs of 1 batch gave
     "old-protocol-gan": ("cgan", {}, R(steps=300, lr=3e-4)),
 }

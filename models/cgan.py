@@ -64,6 +64,9 @@ class CGANConfig:
     conv_width: int = 64  # conv channels at the base resolution (halved per x2 stage, min 16)
     translation: float = 0.125  # DiffAugment max shift as a fraction of the side
     cutout: float = 0.5  # DiffAugment cutout side as a fraction of the side (conv arch only)
+    # ``sample`` draws z = noise_scale * temperature * eps: the model's own truncation (BigGAN's trick,
+    # trading a little diversity for fidelity); 1 = the training distribution of z.
+    noise_scale: float = 1.0
 
     def __post_init__(self) -> None:
         check_image_config(self.image_size, self.channels, self.arch)
@@ -75,6 +78,7 @@ class CGANConfig:
             raise ValueError(f"invalid diffaug={self.diffaug!r}; valid: true, false")
         check_float("translation", self.translation, 0.0, 0.5)
         check_float("cutout", self.cutout, 0.0, 1.0)
+        check_float("noise_scale", self.noise_scale, 0.0, 10.0, open_low=True)
 
     @property
     def resolved_arch(self) -> str:
@@ -258,7 +262,8 @@ class CGAN(nn.Module):
         temperature: float = 1.0,
         noise: Tensor | None = None,
     ) -> Tensor:
-        """Images (B, C, H, W) in [-1, 1] from ``generator_ema`` (eval mode) at z = temperature * eps.
+        """Images (B, C, H, W) in [-1, 1] from ``generator_ema`` (eval mode) at
+        z = noise_scale * temperature * eps.
 
         eps ~ N(0, I) is drawn on the CPU with ``generator`` (a CPU ``torch.Generator``), or taken from
         ``noise`` (B, z_dim); temperature < 1 trades diversity for fidelity (like truncation).
@@ -267,4 +272,5 @@ class CGAN(nn.Module):
         ema = self.generator_ema.eval()
         device = module_device(ema)
         z = sample_noise(labels.shape[0], self.noise_dim, device, generator, temperature, noise)
+        z = z * self.config.noise_scale
         return ema(z, labels.to(device)).clamp(-1.0, 1.0)

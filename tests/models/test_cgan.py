@@ -87,6 +87,17 @@ def test_sample_uses_ema_in_eval_mode_and_temperature_scales_noise():
         model.sample(torch.tensor([10]))
 
 
+def test_noise_scale_scales_the_noise_on_top_of_temperature_and_is_checked():
+    plain, scaled = tiny(), tiny(noise_scale=0.5)
+    labels, eps = torch.tensor([1, 2, 3]), torch.randn(3, 8, generator=torch.Generator().manual_seed(1))
+    expected = plain.sample(labels, noise=0.5 * 0.8 * eps)
+    assert torch.equal(scaled.sample(labels, noise=eps, temperature=0.8), expected)
+    assert not torch.equal(scaled.sample(labels, noise=eps), plain.sample(labels, noise=eps))
+    for bad in (0.0, -1.0, float("nan"), 11.0):
+        with pytest.raises(ValueError, match="noise_scale"):
+            tiny(noise_scale=bad)
+
+
 @pytest.mark.parametrize("arch", ["mlp", "conv"])
 def test_discriminator_is_spectrally_normed_projection_without_batchnorm(arch):
     model = tiny(16, 3, arch)
