@@ -1,6 +1,6 @@
 """``make bench``: every benchmark side by side, written to benchmarks/results.json and RESULTS.md.
 
-    python -m benchmarks.run [--only generation,serving,training,loader] [--quick]
+    python -m benchmarks.run [--only generation,serving,serving-haproxy,training,loader] [--quick]
 
 Each row compares genaug with the plainest way to do the same work, measured in the same run: ratios are
 what hold on a noisy 2-core machine; absolute figures count only on a GPU (benchmarks/gpu.py).
@@ -11,12 +11,13 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SUITES = ("generation", "serving", "training", "loader")
+SUITES = ("generation", "serving", "serving-haproxy", "training", "loader")
 OPTIONAL = ("load",)  # only with --only: benchmarks/load.py (60 s, 50 clients; --quick: 10 s, 10)
 
 
@@ -29,6 +30,11 @@ def _rows(suite: str, quick: bool) -> list[dict]:
         from benchmarks import serving
 
         return [r.to_dict() for r in serving.run(requests=50 if quick else 200)]
+    if suite == "serving-haproxy":  # its own process: the ingress is chosen before Ray starts
+        cmd = [sys.executable, "-m", "benchmarks.serving", "--ingress", "haproxy"]
+        cmd += ["--requests", "50" if quick else "200"]
+        done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True)
+        return json.loads(done.stdout)
     if suite == "load":
         from benchmarks import load
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import dataclasses
 import http.client
 import json
 import tempfile
@@ -152,7 +153,8 @@ def _fmt(xs: np.ndarray) -> str:
     return f"p50 {np.median(xs):.1f} ms / p99 {np.percentile(xs, 99):.1f} ms"
 
 
-def run(requests: int = 200, rounds: int = 2) -> list[Row]:
+def run(requests: int = 200, rounds: int = 2, ingress: str = "proxy") -> list[Row]:
+    """The rows above; ``ingress`` only labels them (``select_ingress`` must have run before Ray)."""
     from cluster.service import deploy, free_port, undeploy
     from jobs.rayinit import ray_session
 
@@ -218,6 +220,9 @@ def run(requests: int = 200, rounds: int = 2) -> list[Row]:
                 "reference: what @serve.batch saves per merged request, without Serve's per-request cost",
             )
         )
+    if ingress != "proxy":
+        label = {"haproxy": "HAProxy ingress"}.get(ingress, ingress)
+        rows = [Row(f"[{label}] {r.name}", *dataclasses.astuple(r)[1:]) for r in rows]
     return rows
 
 
@@ -225,8 +230,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--requests", type=int, default=200)
     p.add_argument("--rounds", type=int, default=2, help="batching on/off pairs (each a fresh deployment)")
+    p.add_argument("--ingress", choices=["proxy", "haproxy"], default="proxy", help="genaug serve --ingress")
     args = p.parse_args(argv)
-    print(json.dumps([r.to_dict() for r in run(args.requests, args.rounds)], indent=2))
+    from jobs.rayinit import select_ingress
+
+    select_ingress(args.ingress)
+    print(json.dumps([r.to_dict() for r in run(args.requests, args.rounds, args.ingress)], indent=2))
     return 0
 
 

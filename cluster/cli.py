@@ -187,9 +187,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import threading
     import time
 
+    from jobs.rayinit import ray_session, select_ingress
+
+    select_ingress(args.ingress)  # before Ray Serve is imported: its settings are read at import
     from cluster.service import deploy, is_loopback, undeploy
     from cluster.status import forget_service, record_service
-    from jobs.rayinit import ray_session
 
     if not is_loopback(args.host) and not os.environ.get("GENAUG_API_TOKEN") and not args.insecure:
         raise ValueError(
@@ -308,6 +310,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-replicas", type=int, default=1, help="generator replicas at least (default 1)")
     p.add_argument("--max-replicas", type=int, default=2, help="generator replicas at most (autoscaling)")
     p.add_argument("--gpu-per-replica", type=float, default=0.0, help="GPU fraction per generator replica")
+    p.add_argument(
+        "--ingress",
+        choices=["proxy", "haproxy"],
+        default="proxy",
+        help="HTTP ingress of the local Ray: Serve's Python proxy (default) or HAProxy with direct "
+        "ingress and gRPC between deployments (lower latency; see README)",
+    )
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser(

@@ -23,6 +23,37 @@ QUIET_ENV = {
 }
 
 
+INGRESSES = ("proxy", "haproxy")
+# Serve's HAProxy ingress: HAProxy (C) on the HTTP port forwards to the ingress replicas, which serve
+# HTTP themselves, and deployments call each other over gRPC (Ray's "throughput optimized" mode).
+# Ray's processes read these when they start, so they must be set before the local Ray starts.
+HAPROXY_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+
+
+def select_ingress(kind: str) -> None:
+    """Choose Serve's HTTP ingress for the local Ray this process will start.
+
+    ``proxy``: Serve's Python HTTP proxy (the default). ``haproxy``: ``HAPROXY_ENV``; refused when
+    ``RAY_ADDRESS`` names a cluster (its nodes take the variables from their own environment) or when
+    Ray Serve was already imported here without them.
+    """
+    import sys
+
+    if kind not in INGRESSES:
+        raise ValueError(f"ingress {kind!r} is not valid; valid: {', '.join(INGRESSES)}")
+    if kind == "proxy" or all(os.environ.get(k) == v for k, v in HAPROXY_ENV.items()):
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        env = " ".join(f"{k}={v}" for k, v in HAPROXY_ENV.items())
+        raise ValueError(
+            f"--ingress haproxy configures the local Ray that genaug starts; RAY_ADDRESS is set, so start "
+            f"that cluster's nodes with {env} in their environment instead"
+        )
+    if "ray.serve._private.constants" in sys.modules:
+        raise ValueError("--ingress haproxy must be chosen before Ray Serve is imported in this process")
+    os.environ.update(HAPROXY_ENV)
+
+
 def init_ray(num_cpus: int | None = None, object_store_memory: int | None = None) -> bool:
     """Connect to ``RAY_ADDRESS`` or start a local Ray; return True when this call started or connected it.
 
