@@ -523,10 +523,22 @@ def read_json(path: str | os.PathLike | Location) -> Any:
     return location(path).read_json()
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # read by setting: once, at import, before any thread writes files
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates 0600 files; committed files get the usual mode (0644 under umask 022) so that other
+# users of a shared root (another team reading a dataset's manifest) can read them.
+FILE_MODE = 0o666 & ~_umask()
+
+
 def _write_local_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}.", dir=path.parent)
     try:
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -522,3 +522,19 @@ def test_registry_listing_cache_sees_every_new_version(tmp_path, monkeypatch):
     registry._VERSIONS_CACHE.clear()
     assert reg.versions("m") == [1, 2, 3]
     assert str(tmp_path / "models" / "m") not in registry._VERSIONS_CACHE
+
+
+def test_atomic_writes_take_the_umask_mode_not_mkstemps_0600(tmp_path):
+    """Committed files (manifests, model.json, reports) are readable by other users of a shared root."""
+    from jobs.storage import FILE_MODE, write_bytes_atomic, write_json_atomic
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert FILE_MODE == 0o666 & ~mask
+    write_bytes_atomic(tmp_path / "a.bin", b"x")
+    write_json_atomic(tmp_path / "m.json", {"k": 1})
+    for name in ("a.bin", "m.json"):
+        mode = (tmp_path / name).stat().st_mode & 0o777
+        assert mode == FILE_MODE, (name, oct(mode))
+        if not mask & 0o044:  # the usual umask 022: group and others can read
+            assert mode & 0o044 == 0o044, (name, oct(mode))
