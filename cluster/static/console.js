@@ -112,6 +112,7 @@ const FIELD_PATTERNS = [
   [/\bper_class\b/, () => "per_class"],
   [/\bshard_rows\b|shards is above/, () => "shard_rows"],
   [/\bseed\b/, () => "seed"],
+  [/\bfilter\b/, () => "filter"],
   [/\boutput\b|\bout\b|storage root/, () => "out"],
   [/\bmodel\b/, () => "model"],
   [/\bcounts\b|total rows/, () => "counts"],
@@ -304,6 +305,17 @@ function selectModel(ref) {
   }
 }
 
+// The quality-filter checkbox of a form (id "<form prefix>-filter": #try-filter, #job-filter).
+function buildFilter(form) {
+  const id = `${form.id.replace(/-form$/, "")}-filter`;
+  $("[data-filter]", form).replaceChildren(
+    el("label", { htmlFor: id, text: "Quality filter" }),
+    el("input", { type: "checkbox", id, name: "filter", dataset: { field: "filter" } }),
+    el("label", { htmlFor: id, text: "only samples the domain classifier reads as the requested class" }),
+    el("span", { class: "err", dataset: { errFor: "filter" } })
+  );
+}
+
 function buildCounts(form, defaultPerClass) {
   const fieldset = $("[data-counts]", form);
   const prefix = form.id;
@@ -401,6 +413,7 @@ async function generate(event) {
     seed: numberOrText($("#try-seed").value) ?? 0,
     format: "png",
   };
+  if ($("#try-filter").checked) body.filter = "label";
   await busy($("#try-generate"), async () => {
     try {
       const { blob, headers } = await api("POST", "v1/samples", body, "blob");
@@ -429,6 +442,7 @@ async function submitJob(event) {
   const body = { model: $("#job-model").value, ...countsRequest(form), seed: numberOrText($("#job-seed").value) ?? 0 };
   const shardRows = numberOrText($("#job-shard-rows").value);
   if (shardRows !== undefined) body.shard_rows = shardRows;
+  if ($("#job-filter").checked) body.filter = "label";
   const out = $("#job-out").value.trim();
   if (out) body.out = out;
   await busy($("#job-submit"), async () => {
@@ -580,6 +594,7 @@ async function start() {
     [$("#job-form"), 100, submitJob],
   ]) {
     buildCounts(form, perClass);
+    buildFilter(form);
     form.addEventListener("submit", handler);
     $("select[name=model]", form).addEventListener("change", () => fillClassInputs(form));
   }

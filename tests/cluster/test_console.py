@@ -245,6 +245,27 @@ def test_negative_counts_show_the_api_message(signed_in):
     page.type("#job-shard-rows", "")
 
 
+def test_quality_filter_is_sent_and_its_refusal_shown_beside_it(signed_in):
+    """The checkbox sends ``filter: "label"``; tiny-cgan's data facts do not match digits (fingerprint
+    "untrained"), so the service refuses with the filter's own message, shown next to the checkbox."""
+    page = signed_in
+    go(page, "try")
+    choose(page, "#try-model", "tiny-cgan:v1")
+    page.click("#try-form-mode-each")
+    page.type("#try-form-class-3", "2")
+    page.click("#try-filter")
+    assert page.js("document.getElementById('try-filter').checked")
+    page.click("#try-generate")
+    page.wait("document.querySelector('#try-form [data-err-for=filter]').textContent !== ''", what="error")
+    assert "the label filter needs a classifier of the model's own training data" in error_for(
+        page, "try-form", "filter"
+    )
+    page.screenshot("06-filter-refused")
+    page.click("#try-filter")
+    page.type("#try-form-class-3", "")
+    assert not page.js("document.getElementById('try-filter').checked")
+
+
 def test_small_job_succeeds_with_manifest_and_card(signed_in, service):
     page = signed_in
     _, home = service
