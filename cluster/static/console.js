@@ -305,14 +305,20 @@ function selectModel(ref) {
   }
 }
 
-// The quality-filter checkbox of a form (id "<form prefix>-filter": #try-filter, #job-filter).
-function buildFilter(form) {
-  const id = `${form.id.replace(/-form$/, "")}-filter`;
-  $("[data-filter]", form).replaceChildren(
-    el("label", { htmlFor: id, text: "Quality filter" }),
-    el("input", { type: "checkbox", id, name: "filter", dataset: { field: "filter" } }),
-    el("label", { htmlFor: id, text: "only samples the domain classifier reads as the requested class" }),
-    el("span", { class: "err", dataset: { errFor: "filter" } })
+// The fields both forms share, in their <div data-request>: model, counts (filled by buildCounts), seed
+// and the quality filter; ids "<prefix>-model", "<prefix>-seed", "<prefix>-filter" (prefix "try", "job").
+function buildRequestFields(form) {
+  const p = form.id.replace(/-form$/, "");
+  const row = (id, label, input, field) =>
+    el("div", { class: "row" }, el("label", { htmlFor: id, text: label }), input, el("span", { class: "err", dataset: { errFor: field } }));
+  $("[data-request]", form).replaceChildren(
+    row(`${p}-model`, "Model", el("select", { id: `${p}-model`, name: "model", dataset: { field: "model" } }), "model"),
+    el("fieldset", { class: "counts", dataset: { counts: "" } }),
+    row(`${p}-seed`, "Seed", el("input", { type: "number", id: `${p}-seed`, name: "seed", value: "0", dataset: { field: "seed" } }), "seed"),
+    row(`${p}-filter`, "Quality filter", [
+      el("input", { type: "checkbox", id: `${p}-filter`, name: "filter", dataset: { field: "filter" } }),
+      el("label", { htmlFor: `${p}-filter`, text: "only samples the domain classifier reads as the requested class" }),
+    ], "filter")
   );
 }
 
@@ -593,8 +599,8 @@ async function start() {
     [$("#try-form"), 4, generate],
     [$("#job-form"), 100, submitJob],
   ]) {
+    buildRequestFields(form);
     buildCounts(form, perClass);
-    buildFilter(form);
     form.addEventListener("submit", handler);
     $("select[name=model]", form).addEventListener("change", () => fillClassInputs(form));
   }
