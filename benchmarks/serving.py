@@ -36,6 +36,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from benchmarks.common import Row, register_default_model
+from jobs.rayinit import INGRESSES
 
 COUNTS_64 = {str(c): 7 for c in range(9)} | {"9": 1}  # 64 samples over 10 classes
 
@@ -230,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--requests", type=int, default=200)
     p.add_argument("--rounds", type=int, default=2, help="batching on/off pairs (each a fresh deployment)")
-    p.add_argument("--ingress", choices=["proxy", "haproxy"], default="proxy", help="genaug serve --ingress")
+    p.add_argument("--ingress", choices=list(INGRESSES), default="proxy", help="genaug serve --ingress")
     args = p.parse_args(argv)
     from jobs.rayinit import select_ingress
 

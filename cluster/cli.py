@@ -256,6 +256,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from jobs import datasets, evaluate, generate, train
+    from jobs.rayinit import INGRESSES
 
     parser = argparse.ArgumentParser(
         prog="genaug", description="genaug: synthetic training data as a service"
@@ -312,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu-per-replica", type=float, default=0.0, help="GPU fraction per generator replica")
     p.add_argument(
         "--ingress",
-        choices=["proxy", "haproxy"],
+        choices=list(INGRESSES),
         default="proxy",
         help="HTTP ingress of the local Ray: Serve's Python proxy (default) or HAProxy with direct "
         "ingress and gRPC between deployments (lower latency; see README)",

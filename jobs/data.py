@@ -211,6 +211,11 @@ def denormalize_uint8(images: torch.Tensor) -> np.ndarray:
     return x.to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()  # (N, H, W, C)
 
 
+def normalize_uint8(images: np.ndarray) -> torch.Tensor:
+    """uint8 ``(N, H, W, C)`` -> float ``(N, C, H, W)`` in [-1, 1]: the inverse of ``denormalize_uint8``."""
+    return _uint8_to_float(images).permute(0, 3, 1, 2).contiguous()
+
+
 def _uint8_to_float(arr: np.ndarray | torch.Tensor) -> torch.Tensor:
     """uint8 pixels -> float32 in [-1, 1] (same layout)."""
     return torch.as_tensor(np.asarray(arr)).float().div_(127.5).sub_(1.0)

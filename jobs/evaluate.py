@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from jobs.data import ImageDataset, load_dataset
+from jobs.data import ImageDataset, load_dataset, normalize_uint8
 from jobs.generate import generate_uint8
 from jobs.registry import Registry
 from jobs.storage import (
@@ -623,7 +623,7 @@ def pick_per_class(labels: Tensor, k: int, seed: int, num_classes: int) -> Tenso
 def _samples(model: nn.Module, labels: Tensor, seed: int, temperature: float = 1.0) -> Tensor:
     """Generated images (N, C, H, W) in [-1, 1], through the uint8 path datasets are written with."""
     u8 = generate_uint8(model, labels.numpy().astype(np.int64), seed, temperature)  # (N, H, W, C)
-    return torch.from_numpy(u8).permute(0, 3, 1, 2).float().div(127.5).sub(1.0).contiguous()  # (N, C, H, W)
+    return normalize_uint8(u8)  # (N, C, H, W)
 
 
 GAIN_SYNTH_PER_CLASS = 1000  # generated images per class added to the k real ones

@@ -33,7 +33,7 @@ import torch
 
 from jobs import shards
 from jobs.data import denormalize_uint8
-from jobs.quality import check_filter
+from jobs.quality import FILTERS, check_filter
 from jobs.registry import ModelVersion, Registry
 from jobs.storage import HOME_HELP, location, resolve_home, validate_name
 
@@ -465,19 +465,20 @@ def _existing_shards(spec: JobSpec) -> list[dict[str, Any]]:
     return found
 
 
+def _task_model(home: str, t: ShardTask) -> torch.nn.Module:
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # Ray sets CUDA_VISIBLE_DEVICES per task
+    return Registry(home).resolve(t.model).load(device=device).model
+
+
 def _shard_task(home: str, task: dict) -> dict[str, Any]:
     t = ShardTask.from_dict(task)
-    device = "cuda" if torch.cuda.is_available() else "cpu"  # Ray sets CUDA_VISIBLE_DEVICES per task
-    model = Registry(home).resolve(t.model).load(device=device).model
-    return run_shard(model, t, home=home)
+    return run_shard(_task_model(home, t), t, home=home)
 
 
 def _filter_stats_task(home: str, task: dict) -> dict[str, Any]:
     """The filter statistics of a shard committed by an earlier run (recomputed: they are deterministic)."""
     t = ShardTask.from_dict(task)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = Registry(home).resolve(t.model).load(device=device).model
-    return shard_images(model, t, home)[2]
+    return shard_images(_task_model(home, t), t, home)[2]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -536,7 +537,7 @@ def add_request_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--priority", type=int, default=None, help="higher runs first (default 0)")
     p.add_argument(
         "--filter",
-        choices=["label"],
+        choices=list(FILTERS),
         default=None,
         help="label: keep only samples the domain classifier assigns to the requested class "
         "(rejection sampling; counts stay exact; acceptance per class in manifest.json)",

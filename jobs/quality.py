@@ -116,11 +116,6 @@ def model_classifier(home: str | Path | None, model_ref: str) -> nn.Module:
 # ----------------------------------------------------------------------------- rejection sampling
 
 
-def _to_float(u8: np.ndarray) -> torch.Tensor:
-    """uint8 (N, H, W, C) -> float (N, C, H, W) in [-1, 1] (what a reader of the dataset sees)."""
-    return torch.from_numpy(u8).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
-
-
 @torch.no_grad()
 def filtered_uint8(
     model: nn.Module,
@@ -139,7 +134,7 @@ def filtered_uint8(
     Returns the images and per-class statistics ``{class index: {"kept", "examined"}}`` (classes
     present only). Raises ``FilterRejected`` when a class needs more than its bound of candidates.
     """
-    from jobs.data import denormalize_uint8
+    from jobs.data import denormalize_uint8, normalize_uint8
 
     labels = np.asarray(labels, dtype=np.int64)
     device = next(model.parameters()).device
@@ -166,7 +161,7 @@ def filtered_uint8(
             u8 = denormalize_uint8(
                 model.sample(y.to(device), temperature=temperature, noise=noise.to(device))
             )
-            ok = (classifier(_to_float(u8)).argmax(1) == c).numpy()  # (block,)
+            ok = (classifier(normalize_uint8(u8)).argmax(1) == c).numpy()  # (block,)
             hits = np.flatnonzero(ok)[: need - n_kept]
             if len(hits) == need - n_kept:  # the last kept row ends the examination
                 examined += int(hits[-1]) + 1
