@@ -10,6 +10,8 @@ Rows:
   work in this process (forward pass + the same ``encode_samples`` body, torch on 1 thread like the
   replica); HTTP and in-process calls alternate, so load from other processes hits both alike.
   Targets <= 5 ms (issue 4) and <= 3 ms (issue 8);
+- the same overhead with ``local_inline`` off (reference): every request makes the deployment hop to
+  the generator; with it on (the default), a lone request is answered by the ingress itself;
 - ``/healthz`` p50 (reference): Serve's proxy and one deployment hop with no work, the floor of any
   request through Serve on this machine;
 - requests/s with 16 concurrent clients (10 samples each, format npz), batching on vs off
@@ -24,6 +26,7 @@ Clients keep their HTTP connection open (as ``requests.Session`` or ``httpx.Clie
 from __future__ import annotations
 
 import argparse
+import collections
 import concurrent.futures as cf
 import dataclasses
 import http.client
@@ -165,6 +168,7 @@ def run(requests: int = 200, rounds: int = 2, ingress: str = "proxy") -> list[Ro
     with ray_session():
         port = free_port()
         rps: dict[int, list[float]] = {32: [], 1: []}
+        answered = {b: collections.Counter() for b in rps}  # who answered the concurrent requests
         merged: list[float] = []
         order = [32, 1, 1, 32] * rounds
         for k, batch in enumerate(order[: 2 * rounds]):
@@ -190,16 +194,39 @@ def run(requests: int = 200, rounds: int = 2, ingress: str = "proxy") -> list[Ro
                         _fmt(floor),
                     )
                 )
+            before = json.loads(Conn(url).get("/v1/stats"))["ingress"]["inline_answered_by"]
             rps[batch].append(concurrent_rps(url, ref))
+            stats = json.loads(Conn(url).get("/v1/stats"))
+            for k2, n in stats["ingress"]["inline_answered_by"].items():
+                answered[batch][k2] += n - before[k2]
             if batch > 1:  # requests per forward pass since this deployment started (mostly this run)
-                merged.append(json.loads(Conn(url).get("/v1/stats"))["generator"]["mean_batch_size"])
+                merged.append(stats["generator"]["mean_batch_size"])
             undeploy()
+        url = deploy(str(home), "127.0.0.1", port, {"max_replicas": 1, "local_inline": False})
+        latency_pairs(url, home, ref, 20)  # the replica loads the model; warm-up
+        ours, base = latency_pairs(url, home, ref, requests)
+        undeploy()
+        rows.insert(
+            2,
+            Row(
+                "/v1/samples 64 samples, local_inline off (each request hops to the generator): p50 overhead",
+                float(np.median(ours) - np.median(base)),
+                None,
+                "ms",
+                "n/a",
+                f"reference; HTTP {_fmt(ours)}; in-process {_fmt(base)}",
+            ),
+        )
         merged_rps, separate_rps = merged_forward_speedup(home, ref)
         on, off = float(np.median(rps[32])), float(np.median(rps[1]))
         runs = "; ".join(
             f"{k}: " + ", ".join(f"{x:.0f}" for x in rps[b]) for k, b in (("on", 32), ("off", 1))
         )
         per_pass = np.mean(merged) if merged else float("nan")
+        by_ingress = "; ".join(
+            f"{k}: {answered[b]['ingress']} of {sum(answered[b].values())}"
+            for k, b in (("on", 32), ("off", 1))
+        )
         rows.append(
             Row(
                 "16 concurrent clients, 10 samples each: requests/s with batching vs without",
@@ -207,7 +234,8 @@ def run(requests: int = 200, rounds: int = 2, ingress: str = "proxy") -> list[Ro
                 off,
                 "req/s",
                 ">= 2",
-                f"req/s per run, {runs}; requests per forward pass with batching: {per_pass:.1f}",
+                f"req/s per run, {runs}; requests per forward pass with batching: {per_pass:.1f}; "
+                f"answered by the ingress itself (lone requests), {by_ingress}",
             )
         )
         rows.append(

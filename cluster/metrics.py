@@ -16,7 +16,9 @@ name (as scraped)                          type       what
                                                       the queue recorded it (generate, write, rename, commit)
 ``ray_genaug_sample_request_seconds``      histogram  ``{model}``: ``POST /v1/samples`` in the ingress
 ``ray_genaug_sample_request_size``         histogram  ``{model}``: images asked for per inline request
-``ray_genaug_sample_batch_seconds``        histogram  ``{model}``: one ``@serve.batch`` call in a generator
+``ray_genaug_sample_batch_seconds``        histogram  ``{model}``: one forward pass answering sample
+                                                      requests: a generator's ``@serve.batch`` call, or
+                                                      the ingress answering a lone request
 ``ray_genaug_sample_batch_size``           histogram  ``{model}``: requests merged into that forward pass
 ``ray_genaug_model_load_seconds``          histogram  ``{model}``: loading a checkpoint into a replica
 =========================================  =========  =====================================================
@@ -71,7 +73,7 @@ DEFINITIONS: dict[str, tuple[str, str, tuple[str, ...], list | None]] = {
     ),
     "genaug_sample_batch_seconds": (
         "histogram",
-        "Seconds of one batched sample call in a generator replica.",
+        "Seconds of one forward pass answering sample requests (generator batch or lone request).",
         ("model",),
         LATENCY_BUCKETS,
     ),
@@ -152,13 +154,13 @@ def sample_request(model: str, images: int, seconds: float) -> None:
 
 
 def sample_batch(model: str, requests: int, seconds: float) -> None:
-    """Generator: ``requests`` sample calls for ``model`` answered by one batched forward pass."""
+    """Generator or ingress: ``requests`` sample calls for ``model`` answered by one forward pass."""
     _record("genaug_sample_batch_size", float(requests), {"model": model})
     _record("genaug_sample_batch_seconds", seconds, {"model": model})
 
 
 def model_loaded(model: str, seconds: float) -> None:
-    """Generator: a checkpoint was loaded into this replica."""
+    """Generator or ingress: a checkpoint was loaded into this replica."""
     _record("genaug_model_load_seconds", seconds, {"model": model})
 
 

@@ -28,7 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cluster import metrics
 from cluster.formats import MEDIA_TYPES
-from cluster.generator import Generator, ModelUnavailable
+from cluster.generator import INLINE_SAMPLES, Generator, ModelUnavailable, Sampler, SampleRequest
 from cluster.queue import InvalidTransition, JobNotFound, QueueError
 from jobs.generate import TEMPERATURE_RANGE, parse_counts
 from jobs.quality import FilterRejected
@@ -307,6 +307,7 @@ class Ingress:
         queue_options: dict | None = None,
         max_batch_size: int = 32,
         batch_wait_timeout_s: float = 0.0,
+        local_cache_size: int = 0,
     ):
         from cluster.dispatcher import get_queue
 
@@ -318,6 +319,15 @@ class Ingress:
         self.queue = get_queue(self.home, **(queue_options or {}))
         self._generate.set_max_batch_size(max_batch_size)  # 1: one generator call per HTTP request
         self._generate.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        # A lone small request is answered here: a deployment hop costs 2.5-5 ms p50 on a small machine,
+        # more than the forward pass. Concurrent ones go to the generator deployment, batched.
+        self.local = Sampler(self.home.uri, local_cache_size, "cpu") if local_cache_size > 0 else None
+        if self.local is not None:
+            import torch
+
+            torch.set_num_threads(1)  # this replica reserves no CPU; pixels do not depend on threads
+        self._inline = 0  # sample requests between validation and answer in this replica
+        self.inline_counts = {"ingress": 0, "generator": 0}
 
     # -------------------------------------------------------------- auth and helpers
 
@@ -409,9 +419,11 @@ class Ingress:
 
     @api.get("/v1/stats", tags=["health"])
     async def stats(self, authorization: str | None = Header(None)) -> dict:
-        """What one generator replica did (batch sizes, shards, loaded models) and queue counts."""
+        """Who answered this ingress replica's sample requests; what one generator replica did (batch
+        sizes, shards, loaded models); queue counts."""
         self.check_token(authorization)
         return {
+            "ingress": {"inline_answered_by": dict(self.inline_counts)},
             "generator": await self._call(self.generator.stats.remote()),
             "queue": await self._call(self.queue.counts.remote()),
         }
@@ -460,22 +472,39 @@ class Ingress:
             "format": body.format,
             "filter": body.filter,
         }
-        for attempt in range(1, SAMPLE_ATTEMPTS + 1):
-            try:
-                result = await self._generate(request)
-                break
-            except _GONE as e:  # the replica died mid-request: re-send (deterministic, so safe)
-                if attempt == SAMPLE_ATTEMPTS:
-                    raise _classify(e) from None
-                await asyncio.sleep(0.2 * attempt)
-            except Exception as e:
-                raise _classify(e) from None
+        self._inline += 1
+        try:
+            result = await self._answer(request, total)
+        finally:
+            self._inline -= 1
         if isinstance(result, Exception):  # this request's own failure (e.g. its model cannot load)
             raise _classify(result) from None
         headers = {"X-Genaug-Model": mv.ref}
         if body.format == "npz":
             headers["Content-Disposition"] = 'attachment; filename="samples.npz"'
         return Response(result, media_type=MEDIA_TYPES[body.format], headers=headers), mv.ref, int(total)
+
+    async def _answer(self, request: dict, total: int) -> bytes | Exception:
+        """The response body: made here when the request is alone and small, else by the generator."""
+        if self.local is not None and not request["filter"] and total <= INLINE_SAMPLES:
+            await asyncio.sleep(0)  # requests that arrived with this one count themselves in first
+            if self._inline == 1:
+                self.inline_counts["ingress"] += 1
+                try:
+                    return self.local.sample_many([SampleRequest.inline(request)])[0]
+                except Exception as e:
+                    raise _classify(e) from None
+        self.inline_counts["generator"] += 1
+        for attempt in range(1, SAMPLE_ATTEMPTS + 1):
+            try:
+                return await self._generate(request)
+            except _GONE as e:  # the replica died mid-request: re-send (deterministic, so safe)
+                if attempt == SAMPLE_ATTEMPTS:
+                    raise _classify(e) from None
+                await asyncio.sleep(0.2 * attempt)
+            except Exception as e:
+                raise _classify(e) from None
+        raise AssertionError("unreachable")
 
     # -------------------------------------------------------------- jobs
 
@@ -549,8 +578,9 @@ class Ingress:
 
 def build_app(args: dict[str, Any] | None = None) -> serve.Application:
     """Assemble the app. ``args``: home, min_replicas, max_replicas, gpu_per_replica, cpus_per_replica,
-    cache_size, max_batch_size, batch_wait_timeout_s, inline_cap, max_running, max_in_flight, lease_s,
-    max_total_rows.
+    cache_size, max_batch_size, batch_wait_timeout_s, inline_cap, local_inline, max_running,
+    max_in_flight, lease_s, max_total_rows. ``local_inline`` (default on when the generator runs on CPU):
+    the ingress answers a lone request of up to ``INLINE_SAMPLES`` samples itself.
     The API token comes from ``GENAUG_API_TOKEN``
     (only its sha256 travels in the deployment's arguments)."""
     args = dict(args or {})
@@ -586,4 +616,5 @@ def build_app(args: dict[str, Any] | None = None) -> serve.Application:
         queue_options,
         max_batch_size,
         batch_wait_timeout_s,
+        int(args.get("cache_size", 4)) if bool(args.get("local_inline", True)) and gpu == 0 else 0,
     )

@@ -109,8 +109,8 @@ def test_metrics_reach_prometheus(metered):
         "requests": float(requests),
         # 10, 2, 5, 30, 1 and six 1s: <=1: 7, <=2: 8, <=4: 8, <=8: 9, <=16: 10, <=32: 11
         "request_sizes": {1.0: 7.0, 2.0: 8.0, 4.0: 8.0, 8.0: 9.0, 16.0: 10.0, 32.0: 11.0},
-        "batched_requests": float(requests),  # every request went through @serve.batch exactly once
-        "loads": 1.0,  # one replica, one load
+        "batched_requests": float(requests),  # every request was answered by exactly one forward pass
+        "loads": 2.0,  # the generator for the job's shards, the ingress for the lone sequential requests
     }
     deadline = time.monotonic() + 90  # the agent exports every 10 s by default
     while True:

@@ -134,6 +134,30 @@ def test_concurrent_samples_are_batched(service):
     assert stats["batches"] - before < 32  # fewer forward passes than requests
 
 
+def test_lone_request_answered_by_ingress_with_the_generators_bytes(service):
+    """A lone small request skips the deployment hop; the same request made by the generator (sent
+    among others) gives the same bytes."""
+    client, _ = service
+    body = {"model": "tiny-cvae", "per_class": 3, "seed": 11, "format": "npz"}
+
+    def answered_by() -> dict[str, int]:
+        return client.request("GET", "/v1/stats")["ingress"]["inline_answered_by"]
+
+    before = answered_by()
+    alone = client.samples(body)
+    after = answered_by()
+    assert after == {"ingress": before["ingress"] + 1, "generator": before["generator"]}
+    assert np.load(io.BytesIO(alone))["images"].shape == (30, 8, 8, 1)
+    for _ in range(5):  # 16 at once: all but the first of them find others in flight
+        with cf.ThreadPoolExecutor(16) as pool:
+            together = list(pool.map(lambda _: client.samples(body), range(16)))
+        assert all(t == alone for t in together)
+        if answered_by()["generator"] > after["generator"]:
+            break
+    else:
+        pytest.fail(f"no request went to the generator: {answered_by()}")
+
+
 def wait_job(client: Client, job_id: str, timeout: float = 180) -> dict:
     deadline = time.time() + timeout
     while time.time() < deadline:
