@@ -1,6 +1,6 @@
 """``make bench``: every benchmark side by side, written to benchmarks/results.json and RESULTS.md.
 
-    python -m benchmarks.run [--only generation,serving,serving-haproxy,training,loader] [--quick]
+    python -m benchmarks.run [--only generation,serving,serving-proxy,training,loader] [--quick]
 
 Each row compares genaug with the plainest way to do the same work, measured in the same run: ratios are
 what hold on a noisy 2-core machine; absolute figures count only on a GPU (benchmarks/gpu.py).
@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SUITES = ("generation", "serving", "serving-haproxy", "training", "loader")
+SUITES = ("generation", "serving", "serving-proxy", "training", "loader")
 OPTIONAL = ("load",)  # only with --only: benchmarks/load.py (60 s, 50 clients; --quick: 10 s, 10)
 
 
@@ -26,13 +26,9 @@ def _rows(suite: str, quick: bool) -> list[dict]:
         from benchmarks import generation
 
         return [r.to_dict() for r in generation.run(rows=50_000 if quick else 100_000, memory=not quick)]
-    if suite == "serving":
-        from benchmarks import serving
-
-        return [r.to_dict() for r in serving.run(requests=50 if quick else 200)]
-    if suite == "serving-haproxy":  # its own process: the ingress is chosen before Ray starts
-        cmd = [sys.executable, "-m", "benchmarks.serving", "--ingress", "haproxy"]
-        cmd += ["--requests", "50" if quick else "200"]
+    if suite in ("serving", "serving-proxy"):  # own processes: the ingress is chosen before Ray starts
+        cmd = [sys.executable, "-m", "benchmarks.serving", "--requests", "50" if quick else "200"]
+        cmd += ["--ingress", "proxy"] if suite == "serving-proxy" else []
         done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True)
         return json.loads(done.stdout)
     if suite == "load":

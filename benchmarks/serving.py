@@ -1,9 +1,10 @@
 """/v1/samples: latency over HTTP vs the same generation in process, and batching vs no batching.
 
-    python -m benchmarks.serving [--requests 200] [--rounds 2]
+    python -m benchmarks.serving [--requests 200] [--rounds 2] [--ingress haproxy|proxy]
 
-The service is deployed as ``genaug serve`` deploys it (local Ray, Serve's HTTP proxy, ingress and
-generator deployments; one generator replica so that both sides use one core for the forward pass).
+The service is deployed as ``genaug serve`` deploys it (local Ray, HAProxy or, with ``--ingress proxy``,
+Serve's Python HTTP proxy; ingress and generator deployments; one generator replica so that both sides
+use one core for the forward pass).
 
 Rows:
 - p50 overhead (ms) of a 64-sample ``/v1/samples`` request (format json) over HTTP, against the same
@@ -12,7 +13,7 @@ Rows:
   Targets <= 5 ms (issue 4) and <= 3 ms (issue 8);
 - the same overhead with ``local_inline`` off (reference): every request makes the deployment hop to
   the generator; with it on (the default), a lone request is answered by the ingress itself;
-- ``/healthz`` p50 (reference): Serve's proxy and one deployment hop with no work, the floor of any
+- ``/healthz`` p50 (reference): the HTTP front and the ingress replica with no work, the floor of any
   request through Serve on this machine;
 - requests/s with 16 concurrent clients (10 samples each, format npz), batching on vs off
   (``max_batch_size`` 32 vs 1 in both the ingress and the generator), same app, same run; runs in
@@ -39,7 +40,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from benchmarks.common import Row, register_default_model
-from jobs.rayinit import INGRESSES
+from jobs.rayinit import DEFAULT_INGRESS, INGRESSES
 
 COUNTS_64 = {str(c): 7 for c in range(9)} | {"9": 1}  # 64 samples over 10 classes
 
@@ -157,7 +158,7 @@ def _fmt(xs: np.ndarray) -> str:
     return f"p50 {np.median(xs):.1f} ms / p99 {np.percentile(xs, 99):.1f} ms"
 
 
-def run(requests: int = 200, rounds: int = 2, ingress: str = "proxy") -> list[Row]:
+def run(requests: int = 200, rounds: int = 2, ingress: str = DEFAULT_INGRESS) -> list[Row]:
     """The rows above; ``ingress`` only labels them (``select_ingress`` must have run before Ray)."""
     from cluster.service import deploy, free_port, undeploy
     from jobs.rayinit import ray_session
@@ -186,7 +187,7 @@ def run(requests: int = 200, rounds: int = 2, ingress: str = "proxy") -> list[Ro
                 rows.append(Row(name + " (issue 8 target)", overhead, None, "ms", "<= 3", note))
                 rows.append(
                     Row(
-                        "/healthz p50 (Serve's proxy + one hop, no work: the floor)",
+                        "/healthz p50 (HTTP front + ingress replica, no work: the floor)",
                         float(np.median(floor)),
                         None,
                         "ms",
@@ -249,8 +250,8 @@ def run(requests: int = 200, rounds: int = 2, ingress: str = "proxy") -> list[Ro
                 "reference: what @serve.batch saves per merged request, without Serve's per-request cost",
             )
         )
-    if ingress != "proxy":
-        label = {"haproxy": "HAProxy ingress"}.get(ingress, ingress)
+    if ingress != DEFAULT_INGRESS:
+        label = {"proxy": "Serve's Python proxy"}.get(ingress, ingress)
         rows = [Row(f"[{label}] {r.name}", *dataclasses.astuple(r)[1:]) for r in rows]
     return rows
 
@@ -259,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--requests", type=int, default=200)
     p.add_argument("--rounds", type=int, default=2, help="batching on/off pairs (each a fresh deployment)")
-    p.add_argument("--ingress", choices=list(INGRESSES), default="proxy", help="genaug serve --ingress")
+    p.add_argument("--ingress", choices=list(INGRESSES), default=DEFAULT_INGRESS, help="as genaug serve")
     args = p.parse_args(argv)
     from jobs.rayinit import select_ingress
 

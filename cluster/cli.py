@@ -81,6 +81,9 @@ def _service(args: argparse.Namespace):
 
     @contextlib.contextmanager
     def embedded():
+        from jobs.rayinit import select_ingress
+
+        select_ingress()  # the default ingress, before Ray Serve is imported
         from cluster.service import local_service
 
         print("starting the embedded service (local Ray, Serve on 127.0.0.1, SQLite) ...", file=sys.stderr)
@@ -314,9 +317,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--ingress",
         choices=list(INGRESSES),
-        default="proxy",
-        help="HTTP ingress of the local Ray: Serve's Python proxy (default) or HAProxy with direct "
-        "ingress and gRPC between deployments (lower latency; see README)",
+        default=None,
+        help="HTTP ingress of the local Ray: HAProxy in front of ingress replicas that serve HTTP "
+        "themselves, gRPC between deployments (default), or Serve's Python proxy (see README); "
+        "with RAY_ADDRESS the cluster's nodes decide",
     )
     p.set_defaults(func=cmd_serve)
 

@@ -16,6 +16,9 @@ MODELS = (("digits-cvae", "cvae"), ("digits-cgan", "cgan"))
 
 
 def run(args: argparse.Namespace) -> int:
+    from jobs.rayinit import ray_session, select_ingress
+
+    select_ingress()  # the default ingress (HAProxy), chosen before Ray Serve is imported
     from cluster.client import Client
     from cluster.service import local_service
     from jobs.train import TrainSettings, train
@@ -23,7 +26,6 @@ def run(args: argparse.Namespace) -> int:
     home = resolve_home(args.home)
     t0 = time.perf_counter()
     print(f"genaug quickstart - storage root {home}\n")
-    from jobs.rayinit import ray_session
 
     with ray_session():  # one local Ray for training and then the service (train first: it needs both CPUs)
         trained = []

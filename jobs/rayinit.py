@@ -23,35 +23,90 @@ QUIET_ENV = {
 }
 
 
-INGRESSES = ("proxy", "haproxy")
+INGRESSES = ("haproxy", "proxy")
+DEFAULT_INGRESS = "haproxy"
 # Serve's HAProxy ingress: HAProxy (C) on the HTTP port forwards to the ingress replicas, which serve
 # HTTP themselves, and deployments call each other over gRPC (Ray's "throughput optimized" mode).
 # Ray's processes read these when they start, so they must be set before the local Ray starts.
 HAPROXY_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+HAPROXY_INSTANCE_KEYS = (
+    "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC",
+    "RAY_SERVE_HAPROXY_SOCKET_PATH",
+    "RAY_SERVE_HAPROXY_SERVER_STATE_BASE",
+    "RAY_SERVE_HAPROXY_SERVER_STATE_FILE",
+    "RAY_SERVE_HAPROXY_STATS_PORT",
+    "RAY_SERVE_HAPROXY_METRICS_PORT",
+    "GENAUG_HAPROXY_PID",
+)
 
 
-def select_ingress(kind: str) -> None:
+def haproxy_env() -> dict[str, str]:
+    """``HAPROXY_ENV`` plus a private folder and free ports for this instance's HAProxy.
+
+    Ray's defaults (``/tmp/haproxy-serve`` for its config, admin socket and state; ports 8404 and 9101)
+    are the same for every instance, so a second service on the machine, or another user's, would
+    collide with the first. Variables already set in the environment win, unless another genaug
+    process chose them (``GENAUG_HAPROXY_PID``: a service started by a service, or by the tests).
+    """
+    import atexit
+    import shutil
+    import socket
+    import tempfile
+
+    def free_port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    owner = os.environ.get("GENAUG_HAPROXY_PID")
+    if owner == str(os.getpid()):  # chosen already, in this process
+        return {k: os.environ[k] for k in (*HAPROXY_ENV, *HAPROXY_INSTANCE_KEYS) if k in os.environ}
+    folder = tempfile.mkdtemp(prefix="genaug-haproxy-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    env = {
+        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": f"{folder}/haproxy.cfg",
+        "RAY_SERVE_HAPROXY_SOCKET_PATH": f"{folder}/admin.sock",
+        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": folder,
+        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": f"{folder}/server-state",
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+    }
+    if owner is None:  # set by the user, not by a parent genaug: theirs win
+        env = {k: os.environ.get(k, v) for k, v in env.items()}
+    return {**HAPROXY_ENV, **env, "GENAUG_HAPROXY_PID": str(os.getpid())}
+
+
+def select_ingress(kind: str | None = None) -> None:
     """Choose Serve's HTTP ingress for the local Ray this process will start.
 
-    ``proxy``: Serve's Python HTTP proxy (the default). ``haproxy``: ``HAPROXY_ENV``; refused when
-    ``RAY_ADDRESS`` names a cluster (its nodes take the variables from their own environment) or when
-    Ray Serve was already imported here without them.
+    ``haproxy`` (the default): ``haproxy_env()``. ``proxy``: Serve's Python HTTP proxy. With
+    ``RAY_ADDRESS`` the cluster's nodes decide (from their own environment): the default changes
+    nothing and an explicit choice is refused. Also refused once Ray Serve was imported in this
+    process with the other setting (it reads them at import).
     """
     import sys
 
-    if kind not in INGRESSES:
+    if kind is not None and kind not in INGRESSES:
         raise ValueError(f"ingress {kind!r} is not valid; valid: {', '.join(INGRESSES)}")
-    if kind == "proxy" or all(os.environ.get(k) == v for k, v in HAPROXY_ENV.items()):
-        return
     if os.environ.get("RAY_ADDRESS"):
+        if kind is None:
+            return
         env = " ".join(f"{k}={v}" for k, v in HAPROXY_ENV.items())
         raise ValueError(
-            f"--ingress haproxy configures the local Ray that genaug starts; RAY_ADDRESS is set, so start "
-            f"that cluster's nodes with {env} in their environment instead"
+            f"--ingress {kind} configures the local Ray that genaug starts; RAY_ADDRESS is set, so start "
+            f"that cluster's nodes {'with' if kind == 'haproxy' else 'without'} {env} in their environment"
         )
-    if "ray.serve._private.constants" in sys.modules:
-        raise ValueError("--ingress haproxy must be chosen before Ray Serve is imported in this process")
-    os.environ.update(HAPROXY_ENV)
+    haproxy = (kind or DEFAULT_INGRESS) == "haproxy"
+    imported = sys.modules.get("ray.serve._private.constants")
+    if imported is not None and imported.RAY_SERVE_ENABLE_HA_PROXY != haproxy:
+        raise ValueError(
+            f"--ingress {kind or DEFAULT_INGRESS} must be chosen before Ray Serve is imported in this process"
+        )
+    if haproxy:
+        os.environ.update(haproxy_env())
+    else:
+        for key in (*HAPROXY_ENV, "GENAUG_HAPROXY_PID"):
+            os.environ.pop(key, None)
 
 
 def init_ray(num_cpus: int | None = None, object_store_memory: int | None = None) -> bool:

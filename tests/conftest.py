@@ -18,6 +18,10 @@ os.environ.pop("GENAUG_API_TOKEN", None)
 os.environ.pop("RAY_ADDRESS", None)
 os.environ.pop("GENAUG_STATE_DIR", None)  # tests choose the local side of URI roots themselves
 
+from jobs.rayinit import select_ingress  # noqa: E402
+
+select_ingress()  # the suite's local Ray gets genaug's default ingress (HAProxy), as `genaug serve` does
+
 
 @pytest.fixture(scope="session")
 def ray_local():

@@ -270,7 +270,9 @@ def test_replicas_sigkilled_with_samples_in_flight(service):
     """8 clients keep asking; the generator replica, then the HTTP ingress replica are SIGKILLed.
 
     Every 200 must be exactly right (labels, names, shape and the very pixels the same request gave
-    before any fault); every other answer is a 5xx error; the service recovers on its own.
+    before any fault); every other answer is a 5xx error, or, for a request the dying ingress replica
+    held, a dropped connection (HAProxy forwards the connection, so the client sees it close); the
+    service recovers on its own.
     """
     url, _ = service
     requests = [{"model": "tiny-cgan", "counts": {str(i % 10): 1 + i % 3}, "seed": i} for i in range(16)]
@@ -329,6 +331,7 @@ def test_replicas_sigkilled_with_samples_in_flight(service):
         gen_pid = http("GET", f"{url}/v1/stats").json()["generator"]["pid"]
         os.kill(gen_pid, signal.SIGKILL)
         time.sleep(6)
+        after_generator = dict(outcomes)
         ingress = find_own_process("ray::ServeReplica:genaug:Ingress")
         assert ingress is not None
         ingress.send_signal(signal.SIGKILL)
@@ -342,7 +345,9 @@ def test_replicas_sigkilled_with_samples_in_flight(service):
     )
     assert wrong == [], wrong[:2]
     assert before.get(200, 0) > 0 and outcomes[200] > before[200]
-    assert all(isinstance(k, int) and k >= 500 for k in outcomes if k != 200), outcomes
+    assert all(isinstance(k, int) and k >= 500 for k in after_generator if k != 200), after_generator
+    dropped = {"RemoteProtocolError", "ReadError", "ConnectError"}
+    assert all((isinstance(k, int) and k >= 500) or k in dropped for k in outcomes if k != 200), outcomes
     for status, ctype, _ in errors:  # ours are JSON; a dying ingress's proxy answers a bare 500
         assert status == 500 or ctype == "application/json"
     # recovered without a restart: a new generator replica answers, the service is ready
@@ -511,6 +516,8 @@ def test_whole_local_ray_sigkilled_mid_job_then_restarted(tmp_path):
     assert os.getsid(server.pid) == server.pid != os.getsid(0)
     try:
         wait_ready(url, 180)
+        names = [psutil.Process(p).name() for p in _session(server.pid)]
+        assert "haproxy" in names, names  # the default ingress, with its own folder and ports
         job = submit(url, {"model": "tiny-cgan", "per_class": 4000, "shard_rows": 500, "seed": 11})
         wait_until(lambda: job_of(url, job["id"])["shards_done"] >= 4, 120, "4 committed shards")
     finally:

@@ -1,11 +1,12 @@
-"""``genaug serve --ingress haproxy``: Serve's HAProxy ingress (direct ingress, gRPC between deployments).
-
-The variables must reach Ray's processes when they start, so the service runs in a process of its own.
+"""``genaug serve --ingress``: HAProxy (the default; direct ingress, gRPC between deployments) or
+Serve's Python proxy. The variables must reach Ray's processes when they start, so the service under
+test runs in a process of its own; the rest of the suite runs on the default (``tests/conftest.py``).
 """
 
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import subprocess
@@ -18,29 +19,65 @@ import numpy as np
 import psutil
 import pytest
 
-from jobs.rayinit import HAPROXY_ENV, select_ingress
+from jobs.rayinit import HAPROXY_ENV, HAPROXY_INSTANCE_KEYS, haproxy_env, select_ingress
 from tests.conftest import register_untrained
 
 
-def test_select_ingress_names_the_valid_values_and_refuses_a_cluster(monkeypatch):
-    for key in HAPROXY_ENV:
+@pytest.fixture
+def clean_env(monkeypatch):
+    for key in (*HAPROXY_ENV, *HAPROXY_INSTANCE_KEYS, "RAY_ADDRESS"):
         monkeypatch.delenv(key, raising=False)
-    with pytest.raises(ValueError, match="ingress 'nginx' is not valid; valid: proxy, haproxy"):
-        select_ingress("nginx")
-    select_ingress("proxy")  # the default: nothing to set
-    assert not any(key in os.environ for key in HAPROXY_ENV)
-    monkeypatch.setenv("RAY_ADDRESS", "ray://head:10001")
-    with pytest.raises(ValueError, match="RAY_ADDRESS is set.*RAY_SERVE_ENABLE_HA_PROXY=1"):
-        select_ingress("haproxy")
-    monkeypatch.delenv("RAY_ADDRESS")
-    import ray.serve  # noqa: F401  (its settings are read now, without the variables)
+    return monkeypatch
 
-    with pytest.raises(ValueError, match="before Ray Serve is imported"):
-        select_ingress("haproxy")
+
+def test_select_ingress_names_the_valid_values_and_refuses_a_cluster(clean_env):
+    with pytest.raises(ValueError, match="ingress 'nginx' is not valid; valid: haproxy, proxy"):
+        select_ingress("nginx")
+    clean_env.setenv("RAY_ADDRESS", "ray://head:10001")
+    select_ingress()  # the default: the cluster's nodes decide, nothing is set
     assert not any(key in os.environ for key in HAPROXY_ENV)
-    for key, value in HAPROXY_ENV.items():  # already chosen (e.g. in the environment): accepted
-        monkeypatch.setenv(key, value)
-    select_ingress("haproxy")
+    for kind in ("haproxy", "proxy"):
+        match = f"--ingress {kind} .*RAY_ADDRESS is set.*RAY_SERVE_ENABLE_HA_PROXY=1"
+        with pytest.raises(ValueError, match=match):
+            select_ingress(kind)
+    clean_env.delenv("RAY_ADDRESS")
+    from ray.serve._private import constants  # Serve reads the variables now, once
+
+    other = "proxy" if constants.RAY_SERVE_ENABLE_HA_PROXY else "haproxy"
+    with pytest.raises(ValueError, match=f"--ingress {other} must be chosen before Ray Serve is imported"):
+        select_ingress(other)
+    assert not any(key in os.environ for key in HAPROXY_ENV)
+
+
+def test_each_haproxy_instance_gets_its_own_folder_and_ports(clean_env):
+    """Ray's HAProxy defaults (/tmp/haproxy-serve, ports 8404/9101) would collide between two services."""
+    mine = haproxy_env()
+    assert mine["RAY_SERVE_ENABLE_HA_PROXY"] == "1" and mine["GENAUG_HAPROXY_PID"] == str(os.getpid())
+    folder = Path(mine["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"])
+    assert folder.is_dir() and folder.name.startswith("genaug-haproxy-")
+    assert Path(mine["RAY_SERVE_HAPROXY_SOCKET_PATH"]).parent == folder
+    assert mine["RAY_SERVE_HAPROXY_STATS_PORT"] != mine["RAY_SERVE_HAPROXY_METRICS_PORT"]
+    for key, value in mine.items():  # as select_ingress sets them
+        clean_env.setenv(key, value)
+    assert haproxy_env() == mine  # asked again in this process: the same instance
+    child = subprocess.run(  # a service started by this one (or by the tests) gets its own
+        [
+            sys.executable,
+            "-c",
+            "import json; from jobs.rayinit import haproxy_env; print(json.dumps(haproxy_env()))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    theirs = json.loads(child.stdout)
+    assert theirs["GENAUG_HAPROXY_PID"] != mine["GENAUG_HAPROXY_PID"]
+    for key in ("RAY_SERVE_HAPROXY_SOCKET_PATH", "RAY_SERVE_HAPROXY_STATS_PORT"):
+        assert theirs[key] != mine[key]
+    for key in HAPROXY_INSTANCE_KEYS:
+        clean_env.delenv(key)
+    clean_env.setenv("RAY_SERVE_HAPROXY_STATS_PORT", "18404")  # the user's own setting wins
+    assert haproxy_env()["RAY_SERVE_HAPROXY_STATS_PORT"] == "18404"
 
 
 def _session_names(sid: int) -> list[str]:
@@ -55,7 +92,7 @@ def _session_names(sid: int) -> list[str]:
 
 
 @pytest.mark.slow
-def test_serve_with_haproxy_ingress_answers_like_the_default(tmp_path):
+def test_serve_with_the_python_proxy_answers_like_the_default(tmp_path):
     from cluster.service import free_port, wait_ready
 
     home = tmp_path / "home"
@@ -64,10 +101,10 @@ def test_serve_with_haproxy_ingress_answers_like_the_default(tmp_path):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "GENAUG_HOME": str(home)}
-    for key in ("GENAUG_URL", "RAY_ADDRESS", "GENAUG_API_TOKEN", *HAPROXY_ENV):
+    for key in ("GENAUG_URL", "RAY_ADDRESS", "GENAUG_API_TOKEN", *HAPROXY_ENV, *HAPROXY_INSTANCE_KEYS):
         env.pop(key, None)
     server = subprocess.Popen(
-        [sys.executable, "-m", "cluster.cli", "serve", "--port", str(port), "--ingress", "haproxy"],
+        [sys.executable, "-m", "cluster.cli", "serve", "--port", str(port), "--ingress", "proxy"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -76,7 +113,7 @@ def test_serve_with_haproxy_ingress_answers_like_the_default(tmp_path):
     )
     try:
         wait_ready(url, 240)
-        assert "haproxy" in _session_names(server.pid)  # HAProxy, not Serve's Python proxy, holds the port
+        assert "haproxy" not in _session_names(server.pid)  # Serve's Python proxy holds the port
         with httpx.Client(base_url=url, timeout=60) as c:
             body = {"model": "tiny-cgan", "counts": {"3": 4, "7": 2}, "seed": 5, "format": "npz"}
             first, again = c.post("/v1/samples", json=body), c.post("/v1/samples", json=body)
