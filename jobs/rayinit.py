@@ -36,6 +36,10 @@ HAPROXY_INSTANCE_KEYS = (
     "RAY_SERVE_HAPROXY_SERVER_STATE_FILE",
     "RAY_SERVE_HAPROXY_STATS_PORT",
     "RAY_SERVE_HAPROXY_METRICS_PORT",
+    "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT",
+    "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT",
+    "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT",
+    "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT",
     "GENAUG_HAPROXY_PID",
 )
 
@@ -43,12 +47,16 @@ HAPROXY_INSTANCE_KEYS = (
 def haproxy_env() -> dict[str, str]:
     """``HAPROXY_ENV`` plus a private folder and free ports for this instance's HAProxy.
 
-    Ray's defaults (``/tmp/haproxy-serve`` for its config, admin socket and state; ports 8404 and 9101)
-    are the same for every instance, so a second service on the machine, or another user's, would
-    collide with the first. Variables already set in the environment win, unless another genaug
-    process chose them (``GENAUG_HAPROXY_PID``: a service started by a service, or by the tests).
+    Ray's defaults (``/tmp/haproxy-serve`` for its config, admin socket and state; ports 8404 and 9101;
+    ingress replica ports from 30000 and 40000) are the same for every instance, so a second service on
+    the machine, or another user's, would collide with the first: its HAProxy would not start, or,
+    worse, one instance's HAProxy would forward to a replica of the other that took over a port
+    number. Each instance gets its own folder and ports, and a range of 100 replica ports of its own.
+    Variables already set in the environment win, unless another genaug process chose them
+    (``GENAUG_HAPROXY_PID``: a service started by a service, or by the tests).
     """
     import atexit
+    import secrets
     import shutil
     import socket
     import tempfile
@@ -62,6 +70,7 @@ def haproxy_env() -> dict[str, str]:
     if owner == str(os.getpid()):  # chosen already, in this process
         return {k: os.environ[k] for k in (*HAPROXY_ENV, *HAPROXY_INSTANCE_KEYS) if k in os.environ}
     folder = tempfile.mkdtemp(prefix="genaug-haproxy-")
+    base = 20000 + 100 * secrets.randbelow(100)  # HTTP ports base..base+99, gRPC 10000 lower
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     env = {
         "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": f"{folder}/haproxy.cfg",
@@ -70,6 +79,10 @@ def haproxy_env() -> dict[str, str]:
         "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": f"{folder}/server-state",
         "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
         "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+        "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(base),
+        "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(base + 99),
+        "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(base - 10000),
+        "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(base - 10000 + 99),
     }
     if owner is None:  # set by the user, not by a parent genaug: theirs win
         env = {k: os.environ.get(k, v) for k, v in env.items()}
@@ -134,6 +147,9 @@ def init_ray(num_cpus: int | None = None, object_store_memory: int | None = None
     if object_store_memory:
         kwargs["object_store_memory"] = object_store_memory
     ray.init(address="local", **kwargs)  # never join some other Ray that happens to run on this machine
+    if os.environ.get("GENAUG_HAPROXY_PID") == str(os.getpid()):  # this Ray's HAProxy has them now;
+        for key in HAPROXY_INSTANCE_KEYS:  # a Ray that a child process starts chooses its own
+            os.environ.pop(key, None)
     for name in ("ray", "ray.train", "ray.serve", "ray.data"):
         logging.getLogger(name).setLevel(logging.ERROR)
     return True

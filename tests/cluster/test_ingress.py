@@ -18,6 +18,7 @@ import httpx
 import numpy as np
 import psutil
 import pytest
+from ray.serve._private import constants as serve_constants  # read now, with the suite's ingress
 
 from jobs.rayinit import HAPROXY_ENV, HAPROXY_INSTANCE_KEYS, haproxy_env, select_ingress
 from tests.conftest import register_untrained
@@ -41,9 +42,7 @@ def test_select_ingress_names_the_valid_values_and_refuses_a_cluster(clean_env):
         with pytest.raises(ValueError, match=match):
             select_ingress(kind)
     clean_env.delenv("RAY_ADDRESS")
-    from ray.serve._private import constants  # Serve reads the variables now, once
-
-    other = "proxy" if constants.RAY_SERVE_ENABLE_HA_PROXY else "haproxy"
+    other = "proxy" if serve_constants.RAY_SERVE_ENABLE_HA_PROXY else "haproxy"
     with pytest.raises(ValueError, match=f"--ingress {other} must be chosen before Ray Serve is imported"):
         select_ingress(other)
     assert not any(key in os.environ for key in HAPROXY_ENV)

@@ -29,6 +29,7 @@ import pytest
 from cluster.client import Client
 from cluster.queue import JobStore
 from jobs import shards
+from jobs.rayinit import HAPROXY_ENV, HAPROXY_INSTANCE_KEYS
 from tests.conftest import register_untrained
 
 pytestmark = pytest.mark.slow
@@ -45,7 +46,9 @@ def _free_port() -> int:
 
 
 def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "GENAUG_URL", "GENAUG_API_TOKEN")}
+    # the nodes run Serve's Python proxy: HAProxy on two nodes of one machine would need a port each
+    drop = ("RAY_ADDRESS", "GENAUG_URL", "GENAUG_API_TOKEN", *HAPROXY_ENV, *HAPROXY_INSTANCE_KEYS)
+    env = {k: v for k, v in os.environ.items() if k not in drop}
     env.update(RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled")
     # workers started by these nodes import genaug from this checkout
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
