@@ -40,6 +40,8 @@ HAPROXY_INSTANCE_KEYS = (
     "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT",
     "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT",
     "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT",
+    "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT",
+    "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT",
     "GENAUG_HAPROXY_PID",
 )
 
@@ -48,10 +50,11 @@ def haproxy_env() -> dict[str, str]:
     """``HAPROXY_ENV`` plus a private folder and free ports for this instance's HAProxy.
 
     Ray's defaults (``/tmp/haproxy-serve`` for its config, admin socket and state; ports 8404 and 9101;
-    ingress replica ports from 30000 and 40000) are the same for every instance, so a second service on
-    the machine, or another user's, would collide with the first: its HAProxy would not start, or,
-    worse, one instance's HAProxy would forward to a replica of the other that took over a port
-    number. Each instance gets its own folder and ports, and a range of 100 replica ports of its own.
+    ingress replica ports from 30000 and 40000; the fallback Python proxy on 8500 and 9500) are the same
+    for every instance, so a second service on the machine, or another user's, would collide with the
+    first: its HAProxy would not start, or, worse, would forward to the other instance (seen: a second
+    service's HAProxy, before its own ingress replica was up, sent requests to the first one's fallback
+    proxy on 8500). Each instance gets its own folder and ports, and 100 replica ports of its own.
     Variables already set in the environment win, unless another genaug process chose them
     (``GENAUG_HAPROXY_PID``: a service started by a service, or by the tests).
     """
@@ -83,6 +86,8 @@ def haproxy_env() -> dict[str, str]:
         "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(base + 99),
         "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(base - 10000),
         "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(base - 10000 + 99),
+        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(free_port()),
+        "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(free_port()),
     }
     if owner is None:  # set by the user, not by a parent genaug: theirs win
         env = {k: os.environ.get(k, v) for k, v in env.items()}

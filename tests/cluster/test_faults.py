@@ -517,6 +517,8 @@ def test_whole_local_ray_sigkilled_mid_job_then_restarted(tmp_path):
     try:
         wait_ready(url, 180)
         names = [psutil.Process(p).name() for p in _session(server.pid)]
+        own = http("GET", f"{url}/v1/models").json()["models"]  # not another service's (same machine)
+        assert [m["name"] for m in own] == ["tiny-cgan"], own
         assert "haproxy" in names, names  # the default ingress, with its own folder and ports
         job = submit(url, {"model": "tiny-cgan", "per_class": 4000, "shard_rows": 500, "seed": 11})
         wait_until(lambda: job_of(url, job["id"])["shards_done"] >= 4, 120, "4 committed shards")

@@ -71,7 +71,11 @@ def test_each_haproxy_instance_gets_its_own_folder_and_ports(clean_env):
     )
     theirs = json.loads(child.stdout)
     assert theirs["GENAUG_HAPROXY_PID"] != mine["GENAUG_HAPROXY_PID"]
-    for key in ("RAY_SERVE_HAPROXY_SOCKET_PATH", "RAY_SERVE_HAPROXY_STATS_PORT"):
+    for key in (
+        "RAY_SERVE_HAPROXY_SOCKET_PATH",
+        "RAY_SERVE_HAPROXY_STATS_PORT",
+        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT",
+    ):
         assert theirs[key] != mine[key]
     for key in HAPROXY_INSTANCE_KEYS:
         clean_env.delenv(key)
