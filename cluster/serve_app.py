@@ -319,8 +319,8 @@ class Ingress:
         self.queue = get_queue(self.home, **(queue_options or {}))
         self._generate.set_max_batch_size(max_batch_size)  # 1: one generator call per HTTP request
         self._generate.set_batch_wait_timeout_s(batch_wait_timeout_s)
-        # A lone small request is answered here: a deployment hop costs 2.5-5 ms p50 on a small machine,
-        # more than the forward pass. Concurrent ones go to the generator deployment, batched.
+        # A lone small request is answered here: a deployment hop costs 1.7-4.8 ms p50 on 2 cores
+        # (benchmarks/serve_hop.py), more than the forward pass. Concurrent ones go to the generator, batched.
         self.local = Sampler(self.home.uri, local_cache_size, "cpu") if local_cache_size > 0 else None
         if self.local is not None:
             import torch
@@ -588,6 +588,9 @@ def build_app(args: dict[str, Any] | None = None) -> serve.Application:
     token = args.get("api_token") or os.environ.get("GENAUG_API_TOKEN")
     token_sha256 = hashlib.sha256(token.encode()).hexdigest() if token else None
     gpu = float(args.get("gpu_per_replica", 0) or 0)
+    local_inline = args.get("local_inline", True)
+    if not isinstance(local_inline, bool):
+        raise ValueError(f"local_inline {local_inline!r} is not valid; valid: true, false")
     max_batch_size = int(args.get("max_batch_size", 32))
     batch_wait_timeout_s = float(args.get("batch_wait_timeout_s", 0.0))
     generator = serve.deployment(
@@ -616,5 +619,5 @@ def build_app(args: dict[str, Any] | None = None) -> serve.Application:
         queue_options,
         max_batch_size,
         batch_wait_timeout_s,
-        int(args.get("cache_size", 4)) if bool(args.get("local_inline", True)) and gpu == 0 else 0,
+        int(args.get("cache_size", 4)) if local_inline and gpu == 0 else 0,
     )

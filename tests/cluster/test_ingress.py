@@ -145,3 +145,11 @@ def test_serve_with_the_python_proxy_answers_like_the_default(tmp_path):
         time.sleep(0.5)
     assert "haproxy" not in _session_names(server.pid)  # nothing left running
     assert Path(status["output"]).is_dir()
+
+
+def test_build_app_refuses_a_non_boolean_local_inline(tmp_path):
+    from cluster.serve_app import build_app
+
+    with pytest.raises(ValueError, match="local_inline 'no' is not valid; valid: true, false"):
+        build_app({"home": str(tmp_path), "local_inline": "no"})
+    assert build_app({"home": str(tmp_path), "local_inline": False}) is not None
