@@ -6,7 +6,6 @@ import contextlib
 import ipaddress
 import logging
 import os
-import socket
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -14,6 +13,7 @@ from typing import Any
 
 from cluster import APP_NAME
 from cluster.serve_app import build_app
+from jobs.rayinit import free_port  # noqa: F401  (callers import it from here too)
 from jobs.storage import resolve_home
 
 
@@ -24,12 +24,6 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def deploy(

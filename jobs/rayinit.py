@@ -47,6 +47,15 @@ HAPROXY_INSTANCE_KEYS = (
 )
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free on ``host`` now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
 def haproxy_env() -> dict[str, str]:
     """``HAPROXY_ENV`` plus a private folder and free ports for this instance's HAProxy.
 
@@ -62,13 +71,7 @@ def haproxy_env() -> dict[str, str]:
     import atexit
     import secrets
     import shutil
-    import socket
     import tempfile
-
-    def free_port() -> int:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return s.getsockname()[1]
 
     owner = os.environ.get("GENAUG_HAPROXY_PID")
     if owner == str(os.getpid()):  # chosen already, in this process
