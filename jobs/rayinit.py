@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 # Settings that make Ray Train quick and quiet on small machines; set before Ray starts so that
 # worker processes inherit them. Users can override any of them in their environment.
@@ -29,22 +29,6 @@ DEFAULT_INGRESS = "haproxy"
 # HTTP themselves, and deployments call each other over gRPC (Ray's "throughput optimized" mode).
 # Ray's processes read these when they start, so they must be set before the local Ray starts.
 HAPROXY_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
-HAPROXY_INSTANCE_KEYS = (
-    "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC",
-    "RAY_SERVE_HAPROXY_SOCKET_PATH",
-    "RAY_SERVE_HAPROXY_SERVER_STATE_BASE",
-    "RAY_SERVE_HAPROXY_SERVER_STATE_FILE",
-    "RAY_SERVE_HAPROXY_STATS_PORT",
-    "RAY_SERVE_HAPROXY_METRICS_PORT",
-    "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT",
-    "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT",
-    "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT",
-    "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT",
-    "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT",
-    "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT",
-    "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S",
-    "GENAUG_HAPROXY_PID",
-)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -54,6 +38,31 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def _instance_settings(folder: str, base: int, port: Callable[[], int]) -> dict[str, str]:
+    """One HAProxy instance's own settings: its folder, ports from ``port()``, replica ports from ``base``."""
+    return {
+        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": f"{folder}/haproxy.cfg",
+        "RAY_SERVE_HAPROXY_SOCKET_PATH": f"{folder}/admin.sock",
+        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": folder,
+        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": f"{folder}/server-state",
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(port()),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(port()),
+        "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(base),
+        "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(base + 99),
+        "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(base - 10000),
+        "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(base - 10000 + 99),
+        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(port()),
+        "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(port()),
+        # an ingress replica that stops keeps serving this long so that load balancers notice; Ray's 30 s
+        # made every undeploy take 31 s (3 s with the Python proxy). HAProxy here checks every 250 ms.
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
+    }
+
+
+# every variable haproxy_env sets besides HAPROXY_ENV (GENAUG_HAPROXY_PID: the process that chose them)
+HAPROXY_INSTANCE_KEYS = (*_instance_settings("", 0, lambda: 0), "GENAUG_HAPROXY_PID")
 
 
 def haproxy_env() -> dict[str, str]:
@@ -79,23 +88,7 @@ def haproxy_env() -> dict[str, str]:
     folder = tempfile.mkdtemp(prefix="genaug-haproxy-")
     base = 20000 + 100 * secrets.randbelow(100)  # HTTP ports base..base+99, gRPC 10000 lower
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    env = {
-        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": f"{folder}/haproxy.cfg",
-        "RAY_SERVE_HAPROXY_SOCKET_PATH": f"{folder}/admin.sock",
-        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": folder,
-        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": f"{folder}/server-state",
-        "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
-        "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
-        "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(base),
-        "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(base + 99),
-        "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(base - 10000),
-        "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(base - 10000 + 99),
-        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(free_port()),
-        "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(free_port()),
-        # an ingress replica that stops keeps serving this long so that load balancers notice; Ray's 30 s
-        # made every undeploy take 31 s (3 s with the Python proxy). HAProxy here checks every 250 ms.
-        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
-    }
+    env = _instance_settings(folder, base, free_port)
     if owner is None:  # set by the user, not by a parent genaug: theirs win
         env = {k: os.environ.get(k, v) for k, v in env.items()}
     return {**HAPROXY_ENV, **env, "GENAUG_HAPROXY_PID": str(os.getpid())}
