@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import shutil
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -41,6 +45,16 @@ class Row:
             for k, v in asdict(self).items()
         }
         return {**d, "ratio": self.ratio, "met": self.met}
+
+
+@contextlib.contextmanager
+def scratch_home(prefix: str = "genaug-bench-") -> Iterator[Path]:
+    """A fresh storage root for one benchmark run, removed afterwards (runs leave no datasets behind)."""
+    home = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield home
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def register_default_model(home: Path, kind: str = "cgan", name: str | None = None) -> str:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from benchmarks.common import PeakRSS, Row, register_default_model
+from benchmarks.common import PeakRSS, Row, register_default_model, scratch_home
 
 
 def plain_loop(home: Path, ref: str, rows: int, shard_rows: int, write: bool, device: str = "cpu") -> float:
@@ -116,10 +116,9 @@ def run(rows: int = 100_000, shard_rows: int = 10_000, memory: bool = True) -> l
     from cluster.service import deploy, free_port, undeploy
     from jobs.rayinit import ray_session
 
-    home = Path(tempfile.mkdtemp(prefix="genaug-bench-"))
-    ref = register_default_model(home)
     out: list[Row] = []
-    with ray_session():
+    with scratch_home() as home, ray_session():
+        ref = register_default_model(home)
         url = deploy(str(home), "127.0.0.1", free_port(), {"max_replicas": 2, "min_replicas": 2})
         client = Client(url, token="")
         job_rows_per_s(client, ref, 20_000, shard_rows)  # warm-up: replicas load the model
@@ -179,8 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--writer-only", action="store_true", help="only the shard writer rows (no Ray)")
     args = p.parse_args(argv)
     if args.writer_only:
-        home = Path(tempfile.mkdtemp(prefix="genaug-bench-"))
-        rows = writer_vs_write_table(home, "bench-cgan:v1", args.shard_rows)
+        with scratch_home() as home:
+            rows = writer_vs_write_table(home, "bench-cgan:v1", args.shard_rows)
     else:
         rows = run(args.rows, args.shard_rows, not args.skip_memory)
     print(json.dumps([r.to_dict() for r in rows], indent=2))

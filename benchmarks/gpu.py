@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from benchmarks.common import Row, register_default_model
+from benchmarks.common import Row, register_default_model, scratch_home
 
 TRAIN_CASES = [("cvae", "digits"), ("cgan", "digits"), ("cvae", "shapes:32"), ("cgan", "shapes:32")]
 
@@ -133,7 +132,6 @@ def run(epochs: int, rows: int, shard_rows: int, compile_: bool, out: Path) -> l
 
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks.gpu needs a CUDA device (none is visible here)")
-    home = Path(tempfile.mkdtemp(prefix="genaug-gpu-bench-"))
     t0, done, errors = time.perf_counter(), [], []
 
     def save() -> None:
@@ -147,7 +145,7 @@ def run(epochs: int, rows: int, shard_rows: int, compile_: bool, out: Path) -> l
         }
         out.write_text(json.dumps(result, indent=2))
 
-    with ray_session():
+    with scratch_home("genaug-gpu-bench-") as home, ray_session():
         sections = [lambda: generation_rows(home, rows, shard_rows), lambda: training_rows(home, epochs)]
         if compile_:
             sections.append(lambda: compile_rows(home, epochs))

@@ -32,14 +32,13 @@ import concurrent.futures as cf
 import dataclasses
 import http.client
 import json
-import tempfile
 import time
 from pathlib import Path
 from urllib.parse import urlparse
 
 import numpy as np
 
-from benchmarks.common import Row, register_default_model
+from benchmarks.common import Row, register_default_model, scratch_home
 from jobs.rayinit import DEFAULT_INGRESS, INGRESSES
 
 COUNTS_64 = {str(c): 7 for c in range(9)} | {"9": 1}  # 64 samples over 10 classes
@@ -163,10 +162,9 @@ def run(requests: int = 200, rounds: int = 2, ingress: str = DEFAULT_INGRESS) ->
     from cluster.service import deploy, free_port, undeploy
     from jobs.rayinit import ray_session
 
-    home = Path(tempfile.mkdtemp(prefix="genaug-bench-"))
-    ref = register_default_model(home)
     rows: list[Row] = []
-    with ray_session():
+    with scratch_home() as home, ray_session():
+        ref = register_default_model(home)
         port = free_port()
         rps: dict[int, list[float]] = {32: [], 1: []}
         answered = {b: collections.Counter() for b in rps}  # who answered the concurrent requests

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from benchmarks.common import Row
+from benchmarks.common import Row, scratch_home
 
 
 def plain_images_per_s(
@@ -87,9 +85,8 @@ def run(epochs: int = 20) -> list[Row]:
     from jobs.rayinit import ray_session
     from jobs.train import MODEL_DEFAULTS, TrainSettings, train
 
-    home = Path(tempfile.mkdtemp(prefix="genaug-bench-"))
     rows = []
-    with ray_session():
+    with scratch_home() as home, ray_session():
         for kind in ("cvae", "cgan"):
             batch = MODEL_DEFAULTS[kind]["batch_size"]
             info = train(
