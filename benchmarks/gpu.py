@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -126,7 +128,7 @@ def generation_rows(home: Path, rows: int, shard_rows: int) -> list[Row]:
     ]
 
 
-def run(epochs: int, rows: int, shard_rows: int, compile_: bool, out: Path) -> list[Row]:
+def run(epochs: int, rows: int, shard_rows: int, compile_: bool, out: Path, command: str = "") -> list[Row]:
     """Measure every section; rows are written to ``out`` as they come, and a failing section is recorded."""
     from jobs.rayinit import ray_session
 
@@ -140,6 +142,7 @@ def run(epochs: int, rows: int, shard_rows: int, compile_: bool, out: Path) -> l
             "torch": torch.__version__,
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "seconds": round(time.perf_counter() - t0),
+            "command": command,
             "rows": [r.to_dict() for r in done],
             "errors": errors,
         }
@@ -164,7 +167,7 @@ def render(result: dict) -> str:
         "## GPU (benchmarks/gpu.py)",
         "",
         f"- card: {result['card']}; torch {result['torch']}; {result['date']}; {result['seconds']} s",
-        "- command: `python -m benchmarks.gpu --epochs 3 --rows 100000 --compile` on a lent GPU machine",
+        f"- command: `{result.get('command') or 'python -m benchmarks.gpu'}` on a lent GPU machine",
         "",
         "| benchmark | genaug | baseline | unit | ratio | target | met | note |",
         "|---|---|---|---|---|---|---|---|",
@@ -191,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.render:
         print(render(json.loads(Path(args.render).read_text())), end="")
         return 0
-    run(args.epochs, args.rows, args.shard_rows, args.compile, Path(args.out))
+    command = shlex.join(["python", "-m", "benchmarks.gpu", *(sys.argv[1:] if argv is None else argv)])
+    run(args.epochs, args.rows, args.shard_rows, args.compile, Path(args.out), command)
     print(render(json.loads(Path(args.out).read_text())), end="")
     return 0
 
