@@ -244,7 +244,7 @@ def train_loop_per_worker(config: dict) -> dict:
                 if s.inject_failure_kill:  # a hard crash: no exception, no cleanup, the process is gone
                     os.kill(os.getpid(), signal.SIGKILL)
                 raise RuntimeError(f"injected failure at epoch {epoch} (test hook)")
-        t0, seen, sums = time.perf_counter(), 0, {}
+        t0, seen, parts_seen = time.perf_counter(), 0, {}
         model.train()
         for step, (x, y) in enumerate(loader):
             if s.limit_batches is not None and step >= s.limit_batches:
@@ -260,14 +260,16 @@ def train_loop_per_worker(config: dict) -> dict:
                 parts = {"loss": out.loss, "recon": out.recon, "kl": out.kl}
             else:
                 parts = _gan_step(model, G, D, optimizers, x, y, noise, s, epoch, step, rank, world, autocast)
-            for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            for k, v in parts.items():  # kept on the device: float() here would stall the GPU every step
+                parts_seen.setdefault(k, []).append(v.detach())
             seen += x.shape[0]
         if s.model == "cgan":
             average_buffers(model.generator, model.generator_ema)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # the epoch's kernels have run: dt is their time, not launches'
         dt = time.perf_counter() - t0
         steps = max(1, math.ceil(seen / max(1, s.batch_size // world)))
-        metrics = {k: v / steps for k, v in sums.items()}
+        metrics = {k: torch.stack(v).double().sum().item() / steps for k, v in parts_seen.items()}
         metrics.update(epoch=epoch + 1, images_per_s=seen * world / max(dt, 1e-9))
         history.append(metrics)
         if rank == 0 and progress is not None:
