@@ -29,7 +29,7 @@ import pytest
 from cluster.client import Client
 from cluster.queue import JobStore
 from jobs import shards
-from jobs.rayinit import HAPROXY_ENV, HAPROXY_INSTANCE_KEYS
+from jobs.rayinit import HAPROXY_ENV, HAPROXY_INSTANCE_KEYS, free_port
 from tests.conftest import register_untrained
 
 pytestmark = pytest.mark.slow
@@ -37,12 +37,6 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 RAY = str(Path(sys.executable).with_name("ray"))
 PER_CLASS, SHARD_ROWS = 60, 50  # 600 rows in 12 shards
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -74,10 +68,10 @@ class LocalNode:
         self.temp_dir = tempfile.mkdtemp(prefix="gn", dir="/tmp")  # short: Unix socket paths are capped
         self.log = log
         ports = {
-            "--dashboard-agent-listen-port": _free_port(),
-            "--dashboard-agent-grpc-port": _free_port(),
-            "--metrics-export-port": _free_port(),
-            "--runtime-env-agent-port": _free_port(),
+            "--dashboard-agent-listen-port": free_port(),
+            "--dashboard-agent-grpc-port": free_port(),
+            "--metrics-export-port": free_port(),
+            "--runtime-env-agent-port": free_port(),
         }
         cmd = [
             RAY, "start", "--block", "--num-cpus=1", "--disable-usage-stats",
@@ -142,7 +136,7 @@ def cluster(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("multinode")
     home = tmp / "home"
     register_untrained(home, "tiny-cgan", "cgan", seed=1)
-    gcs_port = _free_port()
+    gcs_port = free_port()
     address = f"127.0.0.1:{gcs_port}"
     logs = [tmp / "head.log", tmp / "worker.log", tmp / "serve.log"]
     nodes: list[LocalNode] = []
@@ -152,7 +146,7 @@ def cluster(tmp_path_factory):
             LocalNode(
                 [
                     "--head", f"--port={gcs_port}", "--include-dashboard=false",
-                    f"--dashboard-port={_free_port()}", f"--ray-client-server-port={_free_port()}",
+                    f"--dashboard-port={free_port()}", f"--ray-client-server-port={free_port()}",
                     '--resources={"head": 1}',
                 ],
                 logs[0],
@@ -163,7 +157,7 @@ def cluster(tmp_path_factory):
         with open(logs[2], "w") as out:
             serve = subprocess.Popen(
                 [sys.executable, "-m", "cluster.cli", "serve", "--home", str(home), "--port",
-                 str(_free_port()), "--min-replicas", "2", "--max-replicas", "2"],
+                 str(free_port()), "--min-replicas", "2", "--max-replicas", "2"],
                 env=_env(RAY_ADDRESS=address), stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
             )  # fmt: skip
         line = _wait_for(
