@@ -61,7 +61,7 @@ def register_default_model(home: Path, kind: str = "cgan", name: str | None = No
     """Register an untrained model with the default digits config (same cost as a trained one)."""
     import torch
 
-    from jobs.registry import register_model
+    from jobs.store.registry import register_model
     from models.checkpoint import build_model
 
     torch.manual_seed(0)

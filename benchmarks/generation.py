@@ -27,10 +27,10 @@ from benchmarks.common import PeakRSS, Row, register_default_model, scratch_home
 
 def plain_loop(home: Path, ref: str, rows: int, shard_rows: int, write: bool, device: str = "cpu") -> float:
     """rows/s of forward + PNG encode (+ pq.write_table) in this process, the plainest way."""
-    from jobs import shards
-    from jobs.generate import generate_uint8
-    from jobs.registry import Registry
+    from jobs.store import png, shards
+    from jobs.store.registry import Registry
     from models.checkpoint import load_checkpoint
+    from models.sampling import generate_uint8
 
     model = load_checkpoint(Registry(home).resolve(ref).path, device=device).model
     classes = [str(i) for i in range(10)]
@@ -39,7 +39,7 @@ def plain_loop(home: Path, ref: str, rows: int, shard_rows: int, write: bool, de
     t0 = time.perf_counter()
     for k, start in enumerate(range(0, rows, shard_rows)):
         labels = rng.integers(0, 10, min(shard_rows, rows - start))
-        pngs = shards.encode_pngs(generate_uint8(model, labels, seed=k))
+        pngs = png.encode_pngs(generate_uint8(model, labels, seed=k))
         if write:
             table = shards.build_shard_table(pngs, labels, classes, ref, k, k)
             pq.write_table(table, out / f"{k}.parquet", compression="zstd")
@@ -54,12 +54,12 @@ def writer_vs_write_table(home: Path, ref: str, shard_rows: int = 10_000, repeat
     Two rows: the writer given the built table (``write_shard_table``; target >= 0.9), and, for
     reference, ``write_shard`` from PNG bytes, which also builds the table (keys, per-row sha256).
     """
-    from jobs import shards
+    from jobs.store import png, shards
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 255, (shard_rows, 8, 8, 1), dtype=np.uint8)
     labels = rng.integers(0, 10, shard_rows)
-    pngs = shards.encode_pngs(images)
+    pngs = png.encode_pngs(images)
     classes = [str(i) for i in range(10)]
     table = shards.build_shard_table(pngs, labels, classes, ref, 0, 0)
     mb = table.nbytes / 1e6

@@ -4,7 +4,7 @@
 
 What is compared (same files, same process, warm page cache, best of ``repeats``):
 
-- genaug: ``jobs.loader.ShardStream(folder)`` iterated in the main process (no DataLoader), yielding
+- genaug: ``jobs.store.loader.ShardStream(folder)`` iterated in the main process (no DataLoader), yielding
   ``(image (1, 8, 8) float32 in [-1, 1], label)`` per row, row group by row group.
 - baseline: ``pyarrow.parquet.read_table(folder/data, columns=[image, label])``, then PIL decodes
   every PNG to numpy, then one vectorised conversion of the stacked batch to a float32 tensor in
@@ -38,7 +38,9 @@ _ROOT = Path(__file__).resolve().parent.parent
 
 def make_dataset(out: Path, rows: int, seed: int = 0) -> Path:
     """A finished genaug dataset of ``rows`` random 8x8 grey images in shards of 10k rows."""
-    from jobs.shards import encode_pngs, finalize_dataset, write_shard
+    from jobs.store.manifest import finalize_dataset
+    from jobs.store.png import encode_pngs
+    from jobs.store.shards import write_shard
 
     rng = np.random.default_rng(seed)
     n = -(-rows // SHARD_ROWS)
@@ -54,7 +56,7 @@ def make_dataset(out: Path, rows: int, seed: int = 0) -> Path:
 
 def read_genaug(folder: Path, **kw: Any) -> int:
     """Iterate the streaming loader once; returns the rows seen."""
-    from jobs.loader import ShardStream
+    from jobs.store.loader import ShardStream
 
     n = 0
     for _image, _label in ShardStream(folder, **kw):
@@ -95,8 +97,6 @@ def _child(kind: str, folder: str) -> dict[str, float]:
 
     import pyarrow as pa
     import torch  # noqa: F401 - imported before the baseline RSS is taken
-
-    import jobs.loader  # noqa: F401
 
     rss0 = _rss_bytes()
     tracemalloc.start()

@@ -1,6 +1,6 @@
 """Single-process quality experiments behind the training defaults (benchmarks/QUALITY.md).
 
-Trains a model in this process (``jobs.evaluate.train_generator``, one thread, seeded) on digits train
+Trains a model in this process (``jobs.metrics.gain.train_generator``, one thread, seeded) on digits train
 with a given model config and recipe, then measures it as ``genaug eval`` does: FID in the domain
 classifier's features (2,000 samples, seed 0) against the real test split, label fidelity, CAS ratio
 over 3 seeds and the pixel near-copy rate. ``--gain`` runs the k = 10 augmentation-gain protocol instead,
@@ -24,11 +24,12 @@ import time
 import numpy as np
 import torch
 
-from jobs import evaluate as ev
-from jobs.data import load_dataset
+from jobs.data.spec import load_dataset
+from jobs.metrics import classifier, distances, gain
+from jobs.metrics.fidelity import cas, label_fidelity, memorisation
 
-R = ev.LowDataRecipe
-FULL: dict[str, tuple[str, dict, ev.LowDataRecipe]] = {
+R = gain.LowDataRecipe
+FULL: dict[str, tuple[str, dict, gain.LowDataRecipe]] = {
     # name: (model type, model config, recipe on the 898 train images)
     "vae-old-default": ("cvae", {}, R(steps=1400, lr=1e-3, batch_size=64)),
     "vae-mlp": ("cvae", {}, R(steps=1050, lr=2e-3, batch_size=128)),
@@ -43,36 +44,36 @@ FULL: dict[str, tuple[str, dict, ev.LowDataRecipe]] = {
     "gan-b128": ("cgan", {}, R(steps=2100, lr=4.2e-4, batch_size=128)),
     "gan-b128-1400": ("cgan", {}, R(steps=1400, lr=4.2e-4, batch_size=128)),
 }
-GAIN: dict[str, tuple[str, dict, ev.LowDataRecipe]] = {
+GAIN: dict[str, tuple[str, dict, gain.LowDataRecipe]] = {
     "vae-lowdata": (
         "cvae",
         {"arch": "conv", "conv_width": 32, "prior": "class_gaussian"},
-        ev.LOW_DATA_RECIPES["cvae"],
+        gain.LOW_DATA_RECIPES["cvae"],
     ),
     "vae-lowdata-noshift": (
         "cvae",
         {"arch": "conv", "conv_width": 32, "prior": "class_gaussian"},
-        dataclasses.replace(ev.LOW_DATA_RECIPES["cvae"], data_translation=0.0),
+        dataclasses.replace(gain.LOW_DATA_RECIPES["cvae"], data_translation=0.0),
     ),
-    "gan-lowdata": ("cgan", {}, ev.LOW_DATA_RECIPES["cgan"]),
+    "gan-lowdata": ("cgan", {}, gain.LOW_DATA_RECIPES["cgan"]),
     "gan-lowdata-shift": (
         "cgan",
         {},
-        dataclasses.replace(ev.LOW_DATA_RECIPES["cgan"], data_translation=0.125),
+        dataclasses.replace(gain.LOW_DATA_RECIPES["cgan"], data_translation=0.125),
     ),
-    "gan-lowdata-diffaug": ("cgan", {"diffaug": True}, ev.LOW_DATA_RECIPES["cgan"]),
-    "gan-lowdata-ns0.9": ("cgan", {"noise_scale": 0.9}, ev.LOW_DATA_RECIPES["cgan"]),
-    "gan-lowdata-ns0.7": ("cgan", {"noise_scale": 0.7}, ev.LOW_DATA_RECIPES["cgan"]),
-    "gan-lowdata-ns0.5": ("cgan", {"noise_scale": 0.5}, ev.LOW_DATA_RECIPES["cgan"]),
+    "gan-lowdata-diffaug": ("cgan", {"diffaug": True}, gain.LOW_DATA_RECIPES["cgan"]),
+    "gan-lowdata-ns0.9": ("cgan", {"noise_scale": 0.9}, gain.LOW_DATA_RECIPES["cgan"]),
+    "gan-lowdata-ns0.7": ("cgan", {"noise_scale": 0.7}, gain.LOW_DATA_RECIPES["cgan"]),
+    "gan-lowdata-ns0.5": ("cgan", {"noise_scale": 0.5}, gain.LOW_DATA_RECIPES["cgan"]),
     "gan-lowdata-shift-ns0.7": (
         "cgan",
         {"noise_scale": 0.7},
-        dataclasses.replace(ev.LOW_DATA_RECIPES["cgan"], data_translation=0.125),
+        dataclasses.replace(gain.LOW_DATA_RECIPES["cgan"], data_translation=0.125),
     ),
     "gan-lowdata-shift-ns0.9": (
         "cgan",
         {"noise_scale": 0.9},
-        dataclasses.replace(ev.LOW_DATA_RECIPES["cgan"], data_translation=0.125),
+        dataclasses.replace(gain.LOW_DATA_RECIPES["cgan"], data_translation=0.125),
     ),
     "old-protocol-vae": ("cvae", {}, R(steps=100, lr=1e-3)),  # what 100 epochs of 1 batch gave
     "old-protocol-gan": ("cgan", {}, R(steps=300, lr=3e-4)),
@@ -82,21 +83,24 @@ GAIN: dict[str, tuple[str, dict, ev.LowDataRecipe]] = {
 def full_row(name: str, home: str, seed: int) -> None:
     kind, cfg, recipe = FULL[name]
     train, test = load_dataset("digits", "train"), load_dataset("digits", "test")
-    clf, _ = ev.feature_classifier(home, train, test)
+    clf, _ = classifier.feature_classifier(home, train, test)
     t0 = time.perf_counter()
-    model = ev.train_generator(
+    model = gain.train_generator(
         kind, train.images, train.labels, train.classes, seed, model_config=cfg, recipe=recipe
     )
     dt = time.perf_counter() - t0
     labels = torch.arange(10).repeat_interleave(200)
-    samples = {s: ev._samples(model, labels, s) for s in (0, 1, 2)}
-    f_fake, f_test = ev.extract_features(clf, samples[0]), ev.extract_features(clf, test.images)
-    floor = ev.fid(ev.extract_features(clf, train.images), f_test)
-    fid = ev.fid(f_fake, f_test)
-    fidelity = ev.label_fidelity(clf, samples[0], labels)["mean"]
-    cas = [ev.cas(samples[s], labels, test.images, test.labels, s, 10) for s in (0, 1, 2)]
-    real = [ev.real_baseline(home, train, test, s) for s in (0, 1, 2)]
-    near = ev.memorisation(samples[0].flatten(1), train.images.flatten(1), test.images.flatten(1))
+    samples = {s: gain.sample_images(model, labels, s) for s in (0, 1, 2)}
+    f_fake, f_test = (
+        classifier.extract_features(clf, samples[0]),
+        classifier.extract_features(clf, test.images),
+    )
+    floor = distances.fid(classifier.extract_features(clf, train.images), f_test)
+    fid = distances.fid(f_fake, f_test)
+    fidelity = label_fidelity(clf, samples[0], labels)["mean"]
+    cas = [cas(samples[s], labels, test.images, test.labels, s, 10) for s in (0, 1, 2)]
+    real = [classifier.real_baseline(home, train, test, s) for s in (0, 1, 2)]
+    near = memorisation(samples[0].flatten(1), train.images.flatten(1), test.images.flatten(1))
     print(
         f"{name:24s} seed {seed}: FID {fid:6.2f} ({fid / floor:.2f}x floor {floor:.2f})  "
         f"fidelity {fidelity:.4f}  "
@@ -108,7 +112,7 @@ def full_row(name: str, home: str, seed: int) -> None:
 
 def gain_row(name: str, seeds: list[int], n_synth: int, share: float, shift: bool) -> None:
     kind, cfg, recipe = GAIN[name]
-    g = ev.augmentation_gain(
+    g = gain.augmentation_gain(
         "digits",
         kind,
         10,
@@ -141,8 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--seed", type=int, default=1, help="training seed of full-data rows (default 1)")
     p.add_argument("--seeds", default="0,1,2", help="gain seeds")
-    p.add_argument("--per-class", type=int, default=ev.GAIN_SYNTH_PER_CLASS)
-    p.add_argument("--real-share", type=float, default=ev.GAIN_REAL_SHARE)
+    p.add_argument("--per-class", type=int, default=gain.GAIN_SYNTH_PER_CLASS)
+    p.add_argument("--real-share", type=float, default=gain.GAIN_REAL_SHARE)
     p.add_argument("--no-shifted", action="store_true", help="skip the both-arms-shifted comparison")
     args = p.parse_args(argv)
     table = GAIN if args.gain else FULL

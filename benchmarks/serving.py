@@ -72,9 +72,10 @@ def latency_pairs(url: str, home: Path, ref: str, n: int) -> tuple[np.ndarray, n
     import torch
 
     from cluster.formats import encode_samples
-    from jobs.generate import generate_uint8, parse_counts
-    from jobs.registry import Registry
+    from jobs.generate import parse_counts
+    from jobs.store.registry import Registry
     from models.checkpoint import load_checkpoint
+    from models.sampling import generate_uint8
 
     mv = Registry(home).resolve(ref)
     classes = mv.info["classes"]
@@ -125,9 +126,9 @@ def merged_forward_speedup(home: Path, ref: str, clients: int = 16, repeats: int
     import torch
 
     from cluster.formats import encode_samples
-    from jobs.generate import generate_many_uint8
-    from jobs.registry import Registry
+    from jobs.store.registry import Registry
     from models.checkpoint import load_checkpoint
+    from models.sampling import generate_many_uint8
 
     mv = Registry(home).resolve(ref)
     classes = mv.info["classes"]

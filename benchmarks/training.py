@@ -28,7 +28,7 @@ def plain_images_per_s(
     """
     from torch.utils.data import DataLoader
 
-    from jobs.data import load_dataset
+    from jobs.data.spec import load_dataset
     from jobs.train import MODEL_CONFIG_DEFAULTS, MODEL_DEFAULTS
     from models.cgan import d_loss, g_loss
     from models.checkpoint import build_model

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs.storage import HOME_HELP, resolve_home, state_dir
+from jobs.store.location import HOME_HELP, resolve_home, state_dir
 
 
 def _home_parent(default: object = None) -> argparse.ArgumentParser:
@@ -32,7 +32,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from jobs.registry import Registry
+    from jobs.store.registry import Registry
 
     reg = Registry(args.home)
     rows = []
@@ -169,7 +169,7 @@ def _jobs_backend(args: argparse.Namespace):
         return contextlib.nullcontext(Client())
     from cluster.queue import JobStore
 
-    store = JobStore(state_dir(args.home) / "queue.sqlite")  # always local (jobs.storage.state_dir)
+    store = JobStore(state_dir(args.home) / "queue.sqlite")  # always local (jobs.store.location.state_dir)
 
     class Local:
         def jobs(self, status):

@@ -30,10 +30,11 @@ import ray
 
 from cluster import NAMESPACE, QUEUE_ACTOR, metrics
 from cluster.queue import InvalidTransition, JobNotFound, JobStatus, JobStore, QueueError
-from jobs import shards
 from jobs.generate import JobSpec, ShardTask, lineage, new_job_id, validate_request
-from jobs.registry import Registry
-from jobs.storage import location, resolve_home, state_dir
+from jobs.store import shards
+from jobs.store.location import location, resolve_home, state_dir
+from jobs.store.manifest import cleanup_temp, finalize_dataset
+from jobs.store.registry import Registry
 
 log = logging.getLogger("genaug.queue")
 
@@ -57,7 +58,7 @@ class QueueOwner:
     ):
         self.home = resolve_home(home)  # a local folder or an object-store URI
         # The queue database is always on this (the head) node's disk: under the root when it is a
-        # local folder, else under $GENAUG_STATE_DIR (jobs.storage.state_dir).
+        # local folder, else under $GENAUG_STATE_DIR (jobs.store.location.state_dir).
         self.store = JobStore(state_dir(self.home) / "queue.sqlite", lease_s=lease_s)
         self.owner = f"queue-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.app_name, self.deployment = app_name, deployment
@@ -265,7 +266,7 @@ class QueueOwner:
 
         started = time.perf_counter()
         handle = serve.get_deployment_handle(self.deployment, app_name=self.app_name)
-        await asyncio.to_thread(shards.cleanup_temp, spec.output)
+        await asyncio.to_thread(cleanup_temp, spec.output)
         done = {int(k): v for k, v in self.store.committed_shards(job_id).items()}
         pending: dict[asyncio.Future, int] = {}
         try:
@@ -279,10 +280,10 @@ class QueueOwner:
             return
         # every shard is recorded and no call is in flight: temp files left by a replica that died
         # mid-write are garbage now
-        await asyncio.to_thread(shards.cleanup_temp, spec.output)
+        await asyncio.to_thread(cleanup_temp, spec.output)
         mv = Registry(self.home).resolve(spec.model)
         manifest = await asyncio.to_thread(
-            shards.finalize_dataset,
+            finalize_dataset,
             spec.output,
             {"job_id": job_id, **spec.to_dict()},
             lineage(mv),
@@ -325,7 +326,7 @@ def _reason(e: BaseException) -> str:
 
 def _remove_unrecorded(spec: JobSpec, recorded: set) -> None:
     """After a cancel: delete shard files the queue did not record, and any temporary file."""
-    shards.cleanup_temp(spec.output)
+    cleanup_temp(spec.output)
     data = location(spec.output) / shards.DATA_DIR
     keep = {shards.shard_path(int(k), spec.num_shards).rpartition("/")[2] for k in recorded}
     for info in data.list():

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from jobs.store.png import encode_pngs
+
 MEDIA_TYPES = {"npz": "application/octet-stream", "json": "application/json", "png": "image/png"}
 FORMATS = tuple(MEDIA_TYPES)
 
@@ -31,8 +33,6 @@ def encode_samples(
     if fmt == "png":
         return grid_png(images, labels, len(classes))
     if fmt == "json":
-        from jobs.shards import encode_pngs
-
         samples = [
             {"label": y, "label_name": classes[y], "png": base64.b64encode(p).decode()}
             for y, p in zip(labels.tolist(), encode_pngs(images), strict=True)

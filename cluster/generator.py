@@ -25,8 +25,10 @@ from ray import serve
 
 from cluster import metrics
 from cluster.formats import encode_samples
-from jobs.generate import ShardTask, generate_many_uint8, run_shard
-from jobs.registry import ModelUnavailable, Registry
+from jobs.generate import ShardTask, run_shard
+from jobs.metrics import label_filter
+from jobs.store.registry import ModelUnavailable, Registry
+from models.sampling import generate_many_uint8
 
 __all__ = ["Generator", "ModelUnavailable", "SampleRequest", "Sampler"]
 
@@ -125,12 +127,11 @@ class Sampler:
         return out  # type: ignore[return-value]
 
     def filtered(self, ref: str, labels, seed: int, temperature: float) -> np.ndarray:
-        """``filter: "label"``: samples the domain classifier reads as their label (``jobs.quality``)."""
-        from jobs import quality
+        """``filter: "label"``: samples the domain classifier reads as their label (``jobs.metrics.label_filter``)."""
 
-        classifier = quality.model_classifier(self.registry.home, ref)
+        classifier = label_filter.model_classifier(self.registry.home, ref)
         labels = np.asarray(labels, np.int64)
-        return quality.filtered_uint8(self.model(ref), classifier, labels, int(seed), temperature)[0]
+        return label_filter.filtered_uint8(self.model(ref), classifier, labels, int(seed), temperature)[0]
 
 
 class Generator:

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from jobs.storage import validate_name
+from jobs.store.location import validate_name
 
 SCHEMA_VERSION = 1
 

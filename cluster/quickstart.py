@@ -10,18 +10,19 @@ from __future__ import annotations
 import argparse
 import time
 
-from jobs.storage import resolve_home
+from cluster.client import Client
+from cluster.service import local_service
+from jobs.evaluate import quick_summary, summary_table
+from jobs.rayinit import ray_session, select_ingress
+from jobs.store.location import resolve_home
+from jobs.train import TrainSettings, train
 
 MODELS = (("digits-cvae", "cvae"), ("digits-cgan", "cgan"))
 
 
 def run(args: argparse.Namespace) -> int:
-    from jobs.rayinit import ray_session, select_ingress
 
     select_ingress()  # the default ingress (HAProxy), chosen before Ray Serve is imported
-    from cluster.client import Client
-    from cluster.service import local_service
-    from jobs.train import TrainSettings, train
 
     home = resolve_home(args.home)
     t0 = time.perf_counter()
@@ -36,7 +37,6 @@ def run(args: argparse.Namespace) -> int:
             print(f"   registered {info['ref']} in {info['train_time_s']:.0f} s\n", flush=True)
         print("   quality (quick check against the real digits test split):", flush=True)
         t_q = time.perf_counter()
-        from jobs.evaluate import quick_summary, summary_table
 
         for line in summary_table([quick_summary(home, info["ref"]) for info in trained]):
             print("     " + line)

@@ -27,13 +27,14 @@ from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cluster import metrics
+from cluster.dispatcher import get_queue
 from cluster.formats import MEDIA_TYPES
 from cluster.generator import INLINE_SAMPLES, Generator, ModelUnavailable, Sampler, SampleRequest
 from cluster.queue import InvalidTransition, JobNotFound, QueueError
 from jobs.generate import TEMPERATURE_RANGE, parse_counts
-from jobs.quality import FilterRejected
-from jobs.registry import SAMPLES_PNG, Registry, UnknownModel
-from jobs.storage import location, resolve_home
+from jobs.metrics.label_filter import FilterRejected
+from jobs.store.location import location, resolve_home
+from jobs.store.registry import SAMPLES_PNG, Registry, UnknownModel
 
 DEFAULT_INLINE_CAP = 4096
 MAX_BODY_BYTES = 1 << 20
@@ -309,7 +310,6 @@ class Ingress:
         batch_wait_timeout_s: float = 0.0,
         local_cache_size: int = 0,
     ):
-        from cluster.dispatcher import get_queue
 
         self.generator = generator
         self.home = resolve_home(home)

@@ -12,9 +12,13 @@ from collections.abc import Iterator
 from typing import Any
 
 from cluster import APP_NAME
+from cluster.dispatcher import NAMESPACE, QUEUE_ACTOR
 from cluster.serve_app import build_app
-from jobs.rayinit import free_port  # noqa: F401  (callers import it from here too)
-from jobs.storage import resolve_home
+from jobs.rayinit import (
+    free_port,  # noqa: F401  (callers import it from here too)
+    ray_session,
+)
+from jobs.store.location import resolve_home
 
 
 def is_loopback(host: str) -> bool:
@@ -73,8 +77,6 @@ def undeploy() -> None:
     import ray
     from ray import serve
 
-    from cluster.dispatcher import NAMESPACE, QUEUE_ACTOR
-
     with contextlib.suppress(Exception):
         serve.delete(APP_NAME)
     with contextlib.suppress(Exception):
@@ -89,7 +91,6 @@ def local_service(
     app_args: dict[str, Any] | None = None,
 ) -> Iterator[str]:
     """``with local_service(home) as url:`` - the embedded default, torn down on exit."""
-    from jobs.rayinit import ray_session
 
     os.environ.setdefault("RAY_SERVE_LOG_TO_STDERR", "0")
     with ray_session():

@@ -21,10 +21,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cluster import APP_NAME
-from jobs.storage import resolve_home, state_dir, write_json_atomic
+from cluster import APP_NAME, NAMESPACE, QUEUE_ACTOR
+from cluster.queue import JobStore
+from jobs.store.location import resolve_home, state_dir, write_json_atomic
 
-SERVICE_FILE = "service.json"  # in the storage root's local state folder (jobs.storage.state_dir)
+SERVICE_FILE = "service.json"  # in the storage root's local state folder (jobs.store.location.state_dir)
 # File systems that several machines can mount as one: network and cluster file systems, FUSE mounts
 # of object stores (gcsfuse, s3fs, mountpoint-s3, juicefs), and EFS/Filestore (NFS underneath).
 NETWORK_FS = {
@@ -266,8 +267,6 @@ def _serve() -> dict[str, Any]:
 def _queue_from_actor() -> dict[str, Any] | None:
     import ray
 
-    from cluster import NAMESPACE, QUEUE_ACTOR
-
     try:
         owner = ray.get_actor(QUEUE_ACTOR, namespace=NAMESPACE)
         if "worker_id" not in ray.get(owner.info.remote(), timeout=15):
@@ -278,7 +277,6 @@ def _queue_from_actor() -> dict[str, Any] | None:
 
 
 def _queue_from_store(root: str) -> dict[str, Any] | None:
-    from cluster.queue import JobStore
 
     path = Path(root) / "state" / "queue.sqlite"
     if not path.is_file():

@@ -1,4 +1,4 @@
-"""Dataset management for the CLI: list, show and verify genaug datasets (format: ``jobs.shards``).
+"""Dataset management for the CLI: list, show and verify genaug datasets (format: ``jobs.store.shards``).
 
     genaug datasets list [--json]                 every folder under <home>/datasets, newest first
     genaug datasets show URI [--json]             card, per-class counts, totals, lineage
@@ -22,9 +22,10 @@ from typing import Any
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from jobs import shards
-from jobs.shards import VerifyReport
-from jobs.storage import HOME_HELP, Location, join_path, location, resolve_home
+from jobs.store import shards
+from jobs.store.atomic import join_path
+from jobs.store.location import HOME_HELP, Location, location, resolve_home
+from jobs.store.manifest import VerifyReport, read_manifest, verify_dataset
 
 DATASETS_DIR = "datasets"
 
@@ -138,7 +139,7 @@ def show_dataset(uri: str | os.PathLike, *, filesystem: pafs.FileSystem | None =
     """
     fs, base = _open_folder(uri, filesystem)
     try:
-        manifest = shards.read_manifest(base, filesystem=fs)
+        manifest = read_manifest(base, filesystem=fs)
     except FileNotFoundError:
         raise FileNotFoundError(
             f"{base} has no {shards.MANIFEST}: its job did not finish; valid: a finished dataset "
@@ -173,9 +174,9 @@ def show_dataset(uri: str | os.PathLike, *, filesystem: pafs.FileSystem | None =
 def verify(
     uri: str | os.PathLike, *, check_hash: bool = True, filesystem: pafs.FileSystem | None = None
 ) -> VerifyReport:
-    """``jobs.shards.verify_dataset`` on an existing folder; ``FileNotFoundError`` if there is none."""
+    """``jobs.store.shards.verify_dataset`` on an existing folder; ``FileNotFoundError`` if there is none."""
     fs, base = _open_folder(uri, filesystem)
-    return shards.verify_dataset(base, fs, check_hash=check_hash)
+    return verify_dataset(base, fs, check_hash=check_hash)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Generation jobs: validate a request, generate shard k deterministically, and run a whole job.
 
 A job asks a registered model version for exact counts per class. Rows are planned into shards of
-``shard_rows`` (``jobs.shards.plan_shards``); the rows of shard k depend only on (model version, job
+``shard_rows`` (``jobs.store.shards.plan_shards``); the rows of shard k depend only on (model version, job
 seed, k), so a shard regenerated after a crash has the same bytes and a retried job never duplicates
 or drops a row.
 
@@ -12,8 +12,7 @@ Launch (a standalone batch job on any Ray cluster, without the service)::
 
 ``python -m jobs.generate`` runs the shards as Ray tasks and skips shards already committed by an
 earlier, interrupted run of the same ``--job-id``. ``genaug generate`` goes through the durable queue
-and the Serve generator deployment instead (see ``cluster/``); both write the same bytes.
-"""
+and the Serve generator deployment instead (see ``cluster/``); both write the same bytes."""
 
 from __future__ import annotations
 
@@ -31,16 +30,27 @@ import numpy as np
 import pyarrow.fs as pafs
 import torch
 
-from jobs import shards
-from jobs.data import denormalize_uint8
-from jobs.quality import FILTERS, check_filter
-from jobs.registry import ModelVersion, Registry
-from jobs.storage import HOME_HELP, location, resolve_home, validate_name
+from jobs.metrics import label_filter
+from jobs.metrics.label_filter import FILTERS, check_filter
+from jobs.rayinit import ray_session
+from jobs.store import png, shards
+from jobs.store.location import HOME_HELP, location, resolve_home, validate_name
+from jobs.store.manifest import cleanup_temp, finalize_dataset
+from jobs.store.registry import ModelVersion, Registry
+from models.sampling import generate_uint8
 
 MAX_TOTAL_ROWS = 10_000_000
+
+
 MAX_SHARDS = 100_000
+
+
 SHARD_ROWS_RANGE = (1, 100_000)  # a shard is held in memory while it is written
+
+
 TEMPERATURE_RANGE = (0.0, 5.0)
+
+
 REQUEST_FIELDS = frozenset(
     {
         "model",
@@ -56,7 +66,6 @@ REQUEST_FIELDS = frozenset(
         "idempotency_key",
     }
 )  # what a generation request may contain
-GEN_CHUNK = 2048  # rows per forward pass; fixed so that results never depend on the caller
 
 
 @dataclass(frozen=True)
@@ -293,54 +302,6 @@ class ShardTask:
         return cls(**{**d, "class_counts": tuple(d["class_counts"]), "classes": tuple(d["classes"])})
 
 
-def draw_noise(n: int, dim: int, seed: int, chunk: int = GEN_CHUNK) -> torch.Tensor:
-    """(n, dim) standard normal noise from a CPU generator seeded with ``seed``, ``chunk`` rows at a time."""
-    g = torch.Generator().manual_seed(int(seed))
-    parts = [torch.randn(min(chunk, n - i), dim, generator=g) for i in range(0, n, chunk)]
-    return torch.cat(parts) if parts else torch.zeros(0, dim)  # (n, dim)
-
-
-@torch.no_grad()
-def generate_many_uint8(
-    model: torch.nn.Module,
-    labels: Sequence[np.ndarray],
-    seeds: Sequence[int],
-    temperature: float = 1.0,
-    chunk: int = GEN_CHUNK,
-) -> list[np.ndarray]:
-    """Samples for several requests at once, as uint8 (N_i, H, W, C) each.
-
-    Request i's noise comes only from ``seeds[i]``, so its pixels do not depend on what it was batched
-    with; the forward passes run over the concatenation, ``chunk`` rows at a time.
-    """
-    device = next(model.parameters()).device
-    y = torch.as_tensor(np.concatenate([np.asarray(lb, np.int64) for lb in labels]))  # (N,)
-    noise = torch.cat(
-        [draw_noise(len(lb), model.noise_dim, s, chunk) for lb, s in zip(labels, seeds, strict=False)]
-    )
-    if device.type == "cuda":  # page-locked so the host-to-device copies below overlap
-        y, noise = y.pin_memory(), noise.pin_memory()
-    # Sampling stays fp32 on GPUs too: bf16 would cost about one grey level of 256, and the
-    # forward pass is not the bottleneck (PNG encoding is; see benchmarks/RESULTS.md).
-    out = []
-    for start in range(0, len(y), chunk):
-        imgs = model.sample(
-            y[start : start + chunk].to(device, non_blocking=True),
-            temperature=temperature,
-            noise=noise[start : start + chunk].to(device, non_blocking=True),
-        )  # (n, C, H, W)
-        out.append(denormalize_uint8(imgs))
-    images = np.concatenate(out) if out else np.zeros((0, 1, 1, 1), np.uint8)  # (N, H, W, C)
-    return np.split(images, np.cumsum([len(lb) for lb in labels])[:-1])
-
-
-def generate_uint8(
-    model: torch.nn.Module, labels: np.ndarray, seed: int, temperature: float = 1.0
-) -> np.ndarray:
-    """Samples for ``labels`` as uint8 (N, H, W, C); the same (labels, seed) always give the same pixels."""
-    return generate_many_uint8(model, [labels], [seed], temperature)[0]
-
-
 def shard_images(
     model: torch.nn.Module, task: ShardTask, home: str | os.PathLike | None = None
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any] | None]:
@@ -348,10 +309,9 @@ def shard_images(
     labels = shards.shard_labels(np.asarray(task.class_counts), task.seed)
     if task.filter is None:
         return labels, generate_uint8(model, labels, task.seed, task.temperature), None
-    from jobs import quality
 
-    classifier = quality.model_classifier(home, task.model)
-    images, stats = quality.filtered_uint8(model, classifier, labels, task.seed, task.temperature)
+    classifier = label_filter.model_classifier(home, task.model)
+    images, stats = label_filter.filtered_uint8(model, classifier, labels, task.seed, task.temperature)
     return labels, images, stats
 
 
@@ -363,7 +323,7 @@ def run_shard(
     ``home`` is the storage root whose registry and classifier cache a ``filter`` task uses.
     """
     labels, images, stats = shard_images(model, task, home)
-    pngs = shards.encode_pngs(images)
+    pngs = png.encode_pngs(images)
     info = shards.write_shard(
         task.output,
         task.shard,
@@ -413,7 +373,7 @@ def run_job_with_ray_tasks(
 
     home = resolve_home(home)
     mv = Registry(home).resolve(spec.model)
-    shards.cleanup_temp(spec.output)
+    cleanup_temp(spec.output)
     done = {int(e["shard"]): e for e in _existing_shards(spec)}
     todo = [k for k in range(spec.num_shards) if k not in done]
     if not 0.0 <= gpu_per_task <= 1.0:
@@ -436,14 +396,17 @@ def run_job_with_ray_tasks(
             info = ray.get(ref)
             done[int(info["shard"])] = info
             progress(f"shard {info['shard'] + 1}/{spec.num_shards} committed ({len(done)}/{spec.num_shards})")
-    shards.cleanup_temp(spec.output)  # left by a task whose worker died mid-write (its retry wrote the shard)
-    return shards.finalize_dataset(
+    cleanup_temp(spec.output)  # left by a task whose worker died mid-write (its retry wrote the shard)
+    return finalize_dataset(
         spec.output,
         {"job_id": job_id, **spec.to_dict()},
         lineage(mv),
         [done[k] for k in sorted(done)],
         spec.classes,
         duration_s=time.perf_counter() - started,
+        filter_summary=label_filter.summarize([i.get("filter") or {} for i in done.values()], spec.classes)
+        if spec.filter
+        else None,
     )
 
 
@@ -483,7 +446,6 @@ def _filter_stats_task(home: str, task: dict) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m jobs.generate --model NAME[:VER] (--per-class N | --counts 0=500,7=2000) ...``"""
-    from jobs.rayinit import ray_session
 
     p = argparse.ArgumentParser(
         prog="python -m jobs.generate",

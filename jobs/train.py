@@ -8,7 +8,7 @@ Launch::
 Ray Train runs ``train_loop_per_worker`` on ``--workers`` processes (DDP: gloo on CPU, NCCL with
 ``--gpu``). Rank 0 checkpoints through ``ray.train.report``; a crashed worker restarts from the last
 checkpoint (``FailureConfig``) and ``--resume`` continues an interrupted run of the same name. On
-success the driver registers ``<home>/models/<name>/v<k>/`` (see ``jobs.registry``).
+success the driver registers ``<home>/models/<name>/v<k>/`` (see ``jobs.store.registry``).
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from jobs.data import DATASET_FORMS, load_dataset, parse_spec
-from jobs.registry import Registry
-from jobs.storage import (
+from jobs.data.spec import DATASET_FORMS, load_dataset, parse_spec
+from jobs.rayinit import ray_session
+from jobs.store.location import (
     HOME_HELP,
     Location,
     location,
@@ -43,6 +43,8 @@ from jobs.storage import (
     validate_name,
     write_json_atomic,
 )
+from jobs.store.registry import Registry
+from models.cgan import d_loss, g_loss
 from models.checkpoint import MODEL_TYPES, build_model, checkpoint_hash, load_checkpoint, save_checkpoint
 
 TRAIN_STATE = "train_state.pt"
@@ -297,7 +299,6 @@ def _maybe_compile(net: torch.nn.Module, s: TrainSettings) -> torch.nn.Module:
 
 def _gan_step(model, G, D, optimizers, x, y, noise, s, epoch, step, rank, world, autocast) -> dict:
     """One hinge-loss GAN step: D on (real, fake.detach()); then G through a frozen D; then the EMA."""
-    from models.cgan import d_loss, g_loss
 
     noise_g = global_noise(s.seed + 1, epoch, step, s.batch_size, model.noise_dim, rank, world).to(x.device)
     with autocast:
@@ -601,7 +602,6 @@ def settings_from_args(args: argparse.Namespace) -> TrainSettings:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Validate the flags, start or join Ray, train, register and print a summary."""
-    from jobs.rayinit import ray_session
 
     settings = settings_from_args(args)
     if not args.resume:  # fail fast on bad data or model settings, before Ray starts

@@ -85,7 +85,7 @@ def model_type_of(model: nn.Module) -> str:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    # models/ may not import jobs/, so this mirrors jobs.storage.write_bytes_atomic in four lines.
+    # models/ may not import jobs/, so this mirrors jobs.store.location.write_bytes_atomic in four lines.
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:

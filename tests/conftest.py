@@ -52,7 +52,7 @@ def register_untrained(home: Path, name: str, kind: str = "cgan", seed: int = 0,
     """Register a freshly initialised (untrained) model quickly, without Ray Train; return its ref."""
     import torch
 
-    from jobs.registry import register_model
+    from jobs.store.registry import register_model
     from models.checkpoint import build_model
 
     torch.manual_seed(seed)

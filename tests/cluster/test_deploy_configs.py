@@ -464,8 +464,8 @@ def test_rayservice_cluster_is_the_raycluster() -> None:
 
 
 def test_rayjob_entrypoint_parses_with_the_real_parser() -> None:
-    from jobs.data import parse_spec
-    from jobs.storage import validate_name
+    from jobs.data.spec import parse_spec
+    from jobs.store.location import validate_name
     from models.checkpoint import MODEL_TYPES
 
     job = manifest("RayJob")["spec"]

@@ -30,7 +30,8 @@ import pytest
 from PIL import Image
 
 from cluster.queue import JobStore, QueueError
-from jobs import shards
+from jobs.store import shards
+from jobs.store.manifest import read_manifest, verify_dataset
 from tests.conftest import register_untrained
 
 pytestmark = pytest.mark.slow
@@ -47,9 +48,9 @@ def assert_dataset_exact(output: str | Path, counts: dict[int, int]) -> dict:
     df = pq.read_table(out / "data").to_pandas()
     assert df.label.value_counts().sort_index().to_dict() == dict(sorted(counts.items()))
     assert df.key.is_unique and len(df) == sum(counts.values())
-    report = shards.verify_dataset(out)
+    report = verify_dataset(out)
     assert report.ok, str(report)
-    manifest = shards.read_manifest(out)
+    manifest = read_manifest(out)
     assert manifest["totals"]["rows"] == len(df)
     assert manifest["totals"]["per_class"] == {CLASSES[k]: n for k, n in counts.items()}
     files = sorted(p.name for p in (out / "data").iterdir())

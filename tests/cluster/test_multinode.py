@@ -28,8 +28,8 @@ import pytest
 
 from cluster.client import Client
 from cluster.queue import JobStore
-from jobs import shards
 from jobs.rayinit import HAPROXY_ENV, HAPROXY_INSTANCE_KEYS, free_port
+from jobs.store.manifest import verify_dataset
 from tests.conftest import register_untrained
 
 pytestmark = pytest.mark.slow
@@ -216,7 +216,7 @@ def test_job_shards_written_on_both_nodes_and_exact(cluster, tmp_path):
 
     # exact: verify passes, exact counts, and the very rows a one-process run produces
     out = Path(done["output"])
-    assert shards.verify_dataset(out).ok
+    assert verify_dataset(out).ok
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["totals"]["rows"] == total
     assert manifest["totals"]["per_class"] == {str(c): PER_CLASS for c in range(10)}
@@ -236,7 +236,7 @@ def test_job_shards_written_on_both_nodes_and_exact(cluster, tmp_path):
 def _one_process_rows(home: Path, spec: dict, job_id: str, out: Path):
     """The job's rows generated here, shard by shard, in this process."""
     from jobs.generate import JobSpec, ShardTask, run_shard
-    from jobs.registry import Registry
+    from jobs.store.registry import Registry
     from models.checkpoint import load_checkpoint
 
     job = JobSpec.from_dict(spec)

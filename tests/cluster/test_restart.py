@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from cluster.queue import JobStore
-from jobs import shards
+from jobs.store.manifest import verify_dataset
 from tests.conftest import register_untrained
 
 pytestmark = pytest.mark.slow
@@ -78,4 +78,4 @@ def test_interrupted_cli_job_resumes_with_exact_counts(home):
     df = pd.read_parquet(Path(resumed["output"]) / "data")
     assert df.label.value_counts().to_dict() == {k: 6000 for k in range(10)}
     assert df.key.is_unique
-    assert shards.verify_dataset(resumed["output"]).ok
+    assert verify_dataset(resumed["output"]).ok

@@ -22,10 +22,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from cluster import cli
-from jobs import shards
-from jobs.loader import ShardStream
-from jobs.registry import Registry
-from jobs.storage import location, state_dir
+from jobs.store import shards
+from jobs.store.loader import ShardStream
+from jobs.store.location import location, state_dir
+from jobs.store.manifest import read_manifest
+from jobs.store.registry import Registry
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
@@ -107,7 +108,7 @@ def test_train_register_generate_read_back_verify_on_s3(s3_root, tmp_path, capsy
     df = pq.read_table(loc.join("data").path, filesystem=loc.fs).to_pandas()
     assert df.key.is_unique and set(df.model) == {"s3-cvae:v1"}
     assert df.label_name.value_counts().to_dict() == {"0": 120, "3": 45, "9": 7}
-    manifest = shards.read_manifest(output)
+    manifest = read_manifest(output)
     assert manifest["lineage"]["model_path"] == version.uri
     assert manifest["lineage"]["checkpoint_sha256"] == version.info["checkpoint_sha256"]
     timings["read back"] = time.perf_counter() - t0

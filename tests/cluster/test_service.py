@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from cluster.client import ApiClientError, Client
-from jobs import shards
+from jobs.store.manifest import verify_dataset
 from tests.conftest import running_service
 
 pytestmark = pytest.mark.slow
@@ -201,7 +201,7 @@ def test_job_exact_uneven_counts_and_manifest(service):
     manifest = client.manifest(job["id"])
     assert manifest["totals"]["rows"] == 10252 and len(manifest["shards"]) == 11
     assert manifest["lineage"]["model"] == "tiny-cgan:v1"
-    assert shards.verify_dataset(done["output"]).ok
+    assert verify_dataset(done["output"]).ok
 
 
 def test_same_seed_same_bytes_different_seed_different(service):
@@ -298,7 +298,7 @@ def test_killed_generator_replica_job_still_exact(service):
     assert df.label.value_counts().to_dict() == {k: 2000 for k in range(10)}
     assert df.key.is_unique
     assert not [p for p in Path(done["output"]).rglob(".tmp-*")]
-    assert shards.verify_dataset(done["output"]).ok
+    assert verify_dataset(done["output"]).ok
 
 
 def test_killed_queue_owner_comes_back_and_resumes(service):

@@ -253,7 +253,7 @@ def test_serve_warning_plumbing(monkeypatch, tmp_path, capsys):
     """``genaug serve``'s check: machines from Ray's alive nodes, the file system of the real root."""
     import cluster.status as status
     from cluster.cli import _warn_storage
-    from jobs.storage import resolve_home
+    from jobs.store.location import resolve_home
 
     monkeypatch.setattr(status, "alive_machines", lambda: 3)
     monkeypatch.setattr(status, "mount_fs_type", lambda path, mounts=None: "ext4")

@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 
 from jobs import datasets
-from jobs.shards import encode_pngs, finalize_dataset, write_shard
+from jobs.store.manifest import finalize_dataset
+from jobs.store.png import encode_pngs
+from jobs.store.shards import write_shard
 
 CLASSES = ["zero", "one", "two"]
 MODEL = "digits-cvae:v2"

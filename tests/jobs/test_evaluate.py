@@ -13,12 +13,13 @@ import torch
 from torch import nn
 
 from jobs import evaluate as ev
-from jobs.data import load_dataset
-from jobs.registry import Registry
+from jobs.data.spec import load_dataset
+from jobs.metrics import classifier, distances, fidelity, gain
+from jobs.store.registry import Registry
 from models.checkpoint import build_model, checkpoint_hash, save_checkpoint
 
 # A cheap classifier for tests that only need "a classifier" (not the >= 0.97 one).
-CHEAP = ev.ClassifierConfig(width=8, feature_dim=32, min_steps=100, max_steps=100)
+CHEAP = classifier.ClassifierConfig(width=8, feature_dim=32, min_steps=100, max_steps=100)
 
 
 def gaussian(n: int, d: int, seed: int, shift: float = 0.0) -> torch.Tensor:
@@ -40,12 +41,12 @@ def eval_home(tmp_path_factory) -> Path:
 
 def test_fid_identical_sets_is_zero_and_a_mean_shift_adds_its_square():
     a = gaussian(500, 6, 0)
-    assert ev.fid(a, a) == pytest.approx(0.0, abs=1e-8)
+    assert distances.fid(a, a) == pytest.approx(0.0, abs=1e-8)
     shift = torch.tensor([3.0, 0, 0, 0, 0, 4.0])  # |shift|^2 = 25; covariances unchanged
-    assert ev.fid(a, a + shift) == pytest.approx(25.0, rel=1e-6)
+    assert distances.fid(a, a + shift) == pytest.approx(25.0, rel=1e-6)
     # Scaling by 2: S_b = 4 S_a, so tr(S_a) + tr(S_b) - 2 tr(sqrt(S_a S_b)) = tr(S_a) (+ the mean shift).
     expected = float(np.trace(np.cov(a.numpy(), rowvar=False))) + float((a.mean(0) ** 2).sum())
-    assert ev.fid(a, 2 * a) == pytest.approx(expected, rel=1e-6)
+    assert distances.fid(a, 2 * a) == pytest.approx(expected, rel=1e-6)
 
 
 def test_fid_matches_scipy_sqrtm_on_correlated_features():
@@ -54,13 +55,13 @@ def test_fid_matches_scipy_sqrtm_on_correlated_features():
     x, y = a.double().numpy(), b.double().numpy()
     s1, s2 = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
     ref = ((x.mean(0) - y.mean(0)) ** 2).sum() + np.trace(s1 + s2 - 2 * scipy.linalg.sqrtm(s1 @ s2).real)
-    assert ev.fid(a, b) == pytest.approx(float(ref), rel=1e-6)
+    assert distances.fid(a, b) == pytest.approx(float(ref), rel=1e-6)
 
 
 def test_fid_of_two_draws_is_small_and_rejects_mismatched_widths():
-    assert ev.fid(gaussian(4000, 4, 0), gaussian(4000, 4, 1)) < 0.02
+    assert distances.fid(gaussian(4000, 4, 0), gaussian(4000, 4, 1)) < 0.02
     with pytest.raises(ValueError, match="equal width"):
-        ev.fid(gaussian(10, 3, 0), gaussian(10, 4, 0))
+        distances.fid(gaussian(10, 3, 0), gaussian(10, 4, 0))
 
 
 # ----------------------------------------------------------------------------- kNN metrics
@@ -68,25 +69,25 @@ def test_fid_of_two_draws_is_small_and_rejects_mismatched_widths():
 
 def test_precision_recall_identical_sets_are_one_and_disjoint_sets_zero():
     a = gaussian(600, 8, 0)
-    assert ev.precision_recall(a, a) == {"precision": 1.0, "recall": 1.0}
+    assert distances.precision_recall(a, a) == {"precision": 1.0, "recall": 1.0}
     far = gaussian(600, 8, 1, shift=20.0)
-    assert ev.precision_recall(a, far) == {"precision": 0.0, "recall": 0.0}
-    assert ev.density_coverage(a, far) == {"density": 0.0, "coverage": 0.0}
+    assert distances.precision_recall(a, far) == {"precision": 0.0, "recall": 0.0}
+    assert distances.density_coverage(a, far) == {"density": 0.0, "coverage": 0.0}
 
 
 def test_density_and_coverage_of_two_draws_of_one_distribution():
     """Naeem et al.: density ~ 1 and coverage ~ 1 - 2^-k = 0.969 at k = 5 for identical distributions."""
-    dc = ev.density_coverage(gaussian(2000, 8, 0), gaussian(2000, 8, 1), k=5)
+    dc = distances.density_coverage(gaussian(2000, 8, 0), gaussian(2000, 8, 1), k=5)
     assert 0.93 < dc["density"] < 1.07
     assert 0.95 < dc["coverage"] < 0.985
-    pr = ev.precision_recall(gaussian(2000, 8, 0), gaussian(2000, 8, 1), k=3)
+    pr = distances.precision_recall(gaussian(2000, 8, 0), gaussian(2000, 8, 1), k=3)
     assert 0.85 < pr["precision"] < 0.95 and 0.85 < pr["recall"] < 0.95  # finite-sample PR is below 1
 
 
 def test_constant_generator_has_precision_but_no_recall_or_coverage():
     real = gaussian(1000, 8, 0)
     fake = real[:1].repeat(1000, 1)  # every sample the same (a typical real point)
-    pr, dc = ev.precision_recall(real, fake), ev.density_coverage(real, fake)
+    pr, dc = distances.precision_recall(real, fake), distances.density_coverage(real, fake)
     assert pr["precision"] == 1.0
     assert pr["recall"] <= 0.002  # only the copied real point itself
     assert dc["coverage"] <= 0.01
@@ -108,12 +109,12 @@ def brute_force(real: np.ndarray, fake: np.ndarray, k: int) -> tuple[float, floa
 
 def test_chunked_knn_matches_brute_force(monkeypatch):
     real, fake = gaussian(150, 5, 0).numpy(), gaussian(120, 5, 1, shift=0.3).numpy()
-    monkeypatch.setattr(ev, "CHUNK_ELEMENTS", 37)  # many chunks, ragged last one
-    pr, dc = ev.precision_recall(real, fake, k=3), ev.density_coverage(real, fake, k=3)
+    monkeypatch.setattr(distances, "CHUNK_ELEMENTS", 37)  # many chunks, ragged last one
+    pr, dc = distances.precision_recall(real, fake, k=3), distances.density_coverage(real, fake, k=3)
     p, r, d, c = brute_force(real.astype(np.float64), fake.astype(np.float64), 3)
     assert (pr["precision"], pr["recall"], dc["density"], dc["coverage"]) == pytest.approx((p, r, d, c))
     with pytest.raises(ValueError, match="k=3 needs at least k\\+1 points"):
-        ev.precision_recall(real[:3], fake, k=3)
+        distances.precision_recall(real[:3], fake, k=3)
 
 
 # ----------------------------------------------------------------------------- memorisation
@@ -122,10 +123,10 @@ def test_chunked_knn_matches_brute_force(monkeypatch):
 def test_memorisation_copies_are_near_copies_and_new_images_are_not(digits):
     train, test = digits
     tr, te = train.images.flatten(1), test.images.flatten(1)
-    copies = ev.memorisation(tr[:200] + 0.01, tr, te)  # training images, slightly perturbed
+    copies = fidelity.memorisation(tr[:200] + 0.01, tr, te)  # training images, slightly perturbed
     assert copies["near_copy_rate"] == 1.0
     assert copies["median_ratio"] < 0.05
-    fresh = ev.memorisation(te[:300], tr, te)  # real unseen images: none is closer than the closest
+    fresh = fidelity.memorisation(te[:300], tr, te)  # real unseen images: none is closer than the closest
     assert fresh["near_copy_rate"] == 0.0
     assert fresh["threshold"] == pytest.approx(copies["threshold"]) and fresh["threshold"] > 0.5
     assert fresh["median_ratio"] == pytest.approx(1.0, abs=0.1)
@@ -146,47 +147,49 @@ def test_label_fidelity_per_class_and_mean():
     labels = torch.arange(4).repeat_interleave(10)  # 4 classes x 10
     images = (labels.float() / 10).view(-1, 1, 1, 1).expand(-1, 1, 8, 8).clone()
     images[30:35] = 0.0  # half of class 3 looks like class 0
-    lf = ev.label_fidelity(LevelClassifier(), images, labels, ["a", "b", "c", "d"])
+    lf = fidelity.label_fidelity(LevelClassifier(), images, labels, ["a", "b", "c", "d"])
     assert lf["per_class"] == {"a": 1.0, "b": 1.0, "c": 1.0, "d": 0.5}
     assert lf["mean"] == pytest.approx(0.875) and lf["accuracy"] == pytest.approx(35 / 40)
 
 
 def test_cas_is_high_on_real_data_and_chance_on_shuffled_labels(digits):
     train, test = digits
-    good = ev.cas(train.images, train.labels, test.images, test.labels, seed=0, num_classes=10, config=CHEAP)
+    good = fidelity.cas(
+        train.images, train.labels, test.images, test.labels, seed=0, num_classes=10, config=CHEAP
+    )
     shuffled = train.labels[torch.randperm(len(train), generator=torch.Generator().manual_seed(0))]
-    bad = ev.cas(train.images, shuffled, test.images, test.labels, seed=0, num_classes=10, config=CHEAP)
+    bad = fidelity.cas(train.images, shuffled, test.images, test.labels, seed=0, num_classes=10, config=CHEAP)
     assert good > 0.75
     assert bad < 0.25
 
 
 def test_classifier_training_is_deterministic_and_fits_any_supported_shape(digits):
     train, _ = digits
-    a = ev.train_classifier(train.images[:200], train.labels[:200], 10, 5, CHEAP)
-    b = ev.train_classifier(train.images[:200], train.labels[:200], 10, 5, CHEAP)
+    a = classifier.train_classifier(train.images[:200], train.labels[:200], 10, 5, CHEAP)
+    b = classifier.train_classifier(train.images[:200], train.labels[:200], 10, 5, CHEAP)
     assert all(
         torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True)
     )
     for channels, size in ((1, 8), (3, 16), (1, 28), (3, 64)):
-        net = ev.FeatureCNN(channels, size, 5, CHEAP).eval()
+        net = classifier.FeatureCNN(channels, size, 5, CHEAP).eval()
         x = torch.zeros(2, channels, size, size)
-        assert net(x).shape == (2, 5) and ev.extract_features(net, x).shape == (2, CHEAP.feature_dim)
+        assert net(x).shape == (2, 5) and classifier.extract_features(net, x).shape == (2, CHEAP.feature_dim)
     with pytest.raises(ValueError, match="channels in \\(1, 3\\)"):
-        ev.FeatureCNN(2, 8, 10, CHEAP)
+        classifier.FeatureCNN(2, 8, 10, CHEAP)
 
 
 @pytest.mark.slow
 def test_domain_classifier_reaches_097_on_digits_and_is_cached(eval_home, digits):
     train, test = digits
-    net, meta = ev.feature_classifier(eval_home, train, test)
-    pt, js = ev.classifier_cache_paths(eval_home, train)
+    net, meta = classifier.feature_classifier(eval_home, train, test)
+    pt, js = classifier.classifier_cache_paths(eval_home, train)
     assert meta["cached"] is False and pt.is_file() and js.is_file()
     assert pt.name == f"{train.fingerprint}.pt"
     assert meta["test_accuracy"] >= 0.97
     assert json.loads(js.read_text())["test_accuracy"] == meta["test_accuracy"]
-    assert ev.accuracy(net, test.images, test.labels) == meta["test_accuracy"]
+    assert classifier.accuracy(net, test.images, test.labels) == meta["test_accuracy"]
     stamp = pt.stat().st_mtime_ns
-    again, meta2 = ev.feature_classifier(eval_home, train, test)
+    again, meta2 = classifier.feature_classifier(eval_home, train, test)
     assert meta2["cached"] is True and pt.stat().st_mtime_ns == stamp  # loaded, not retrained
     assert all(
         torch.equal(x, y) for x, y in zip(net.state_dict().values(), again.state_dict().values(), strict=True)
@@ -194,7 +197,7 @@ def test_domain_classifier_reaches_097_on_digits_and_is_cached(eval_home, digits
     # The state dict loads without unpickling objects.
     assert set(torch.load(pt, weights_only=True)) == set(net.state_dict())
     # A different config is a different classifier: retrained, file replaced.
-    _, meta3 = ev.feature_classifier(eval_home, train, test, CHEAP)
+    _, meta3 = classifier.feature_classifier(eval_home, train, test, CHEAP)
     assert meta3["cached"] is False
 
 
@@ -234,7 +237,7 @@ def test_augmentation_gain_positive_for_extra_real_data_negative_for_noise(digit
     common = dict(
         n_synth_per_class=40, classifier_config=CHEAP, train=train, test=test, shift_reference=False
     )
-    good = ev.augmentation_gain("digits", "cgan", 2, [0, 1], train_fn=replay, **common)
+    good = gain.augmentation_gain("digits", "cgan", 2, [0, 1], train_fn=replay, **common)
     assert seen == [(20, [2] * 10, 0), (20, [2] * 10, 1)]  # k per class, one generator per seed
     assert good["gain"]["mean"] > 0.05 and good["gain_pp"]["mean"] == pytest.approx(
         100 * good["gain"]["mean"]
@@ -244,7 +247,7 @@ def test_augmentation_gain_positive_for_extra_real_data_negative_for_noise(digit
     # 20 real images repeated 20 times next to 400 samples: half of the mixed set
     assert good["real_repeats"] == 20 and good["real_share"] == pytest.approx(0.5)
     assert good["classifier_steps"] == CHEAP.steps_for(800)  # both arms: the same number of steps
-    bad = ev.augmentation_gain(
+    bad = gain.augmentation_gain(
         "digits", "cgan", 2, [0], train_fn=noise, **{**common, "shift_reference": True}
     )
     assert bad["gain"]["mean"] < 0
@@ -252,15 +255,15 @@ def test_augmentation_gain_positive_for_extra_real_data_negative_for_noise(digit
     assert 0.1 < row["real_only_shifted"] <= 1 and bad["gain_shifted"]["mean"] < 0
     assert row["gain_shifted"] == pytest.approx(row["augmented_shifted"] - row["real_only_shifted"])
     with pytest.raises(ValueError, match="fewer than k=500"):
-        ev.augmentation_gain("digits", "cgan", 500, [0], train_fn=replay, **common)
+        gain.augmentation_gain("digits", "cgan", 500, [0], train_fn=replay, **common)
 
 
 def test_real_repeats_reach_the_share():
-    assert ev.real_repeats(100, 10_000, 0.2) == 25  # 2,500 real / 12,500
-    assert ev.real_repeats(500, 10_000, 0.2) == 5
-    assert ev.real_repeats(5000, 1000, 0.2) == 1  # never fewer than one copy
-    assert ev.real_repeats(100, 0) == 1
-    assert ev.real_repeats(100, 10_000) == 100  # the default: half real, half synthetic
+    assert gain.real_repeats(100, 10_000, 0.2) == 25  # 2,500 real / 12,500
+    assert gain.real_repeats(500, 10_000, 0.2) == 5
+    assert gain.real_repeats(5000, 1000, 0.2) == 1  # never fewer than one copy
+    assert gain.real_repeats(100, 0) == 1
+    assert gain.real_repeats(100, 10_000) == 100  # the default: half real, half synthetic
 
 
 def test_default_generator_training_is_seeded():
@@ -268,9 +271,9 @@ def test_default_generator_training_is_seeded():
     y = torch.arange(10).repeat(2)
     small = {"hidden": 16, "latent_dim": 2}
     classes = [str(i) for i in range(10)]
-    recipe = ev.LowDataRecipe(steps=3, lr=1e-3, data_translation=0.125)
-    a = ev.train_generator("cvae", x, y, classes, 3, model_config=small, recipe=recipe)
-    b = ev.train_generator("cvae", x, y, classes, 3, model_config=small, recipe=recipe)
+    recipe = gain.LowDataRecipe(steps=3, lr=1e-3, data_translation=0.125)
+    a = gain.train_generator("cvae", x, y, classes, 3, model_config=small, recipe=recipe)
+    b = gain.train_generator("cvae", x, y, classes, 3, model_config=small, recipe=recipe)
     assert all(
         torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values(), strict=True)
     )
@@ -279,17 +282,17 @@ def test_default_generator_training_is_seeded():
         not torch.equal(p, q)
         for p, q in zip(a.state_dict().values(), fresh.state_dict().values(), strict=True)
     )
-    g = ev.train_generator(
-        "cgan", x, y, classes, 0, model_config={"g_hidden": 16}, recipe=ev.LowDataRecipe(steps=2, lr=3e-4)
+    g = gain.train_generator(
+        "cgan", x, y, classes, 0, model_config={"g_hidden": 16}, recipe=gain.LowDataRecipe(steps=2, lr=3e-4)
     )
     assert int(g.ema_updates) == 2  # counted in steps, not epochs
     with pytest.raises(ValueError, match="unknown model type 'gan'"):
-        ev.train_generator("gan", x, y, classes, 0)
+        gain.train_generator("gan", x, y, classes, 0)
 
 
 def test_low_data_recipes_train_for_thousands_of_steps():
     """The first protocol trained k=10 generators for the full-data epoch count: 100 / 300 steps."""
-    assert ev.LOW_DATA_RECIPES["cvae"].steps >= 2000 and ev.LOW_DATA_RECIPES["cgan"].steps >= 3000
+    assert gain.LOW_DATA_RECIPES["cvae"].steps >= 2000 and gain.LOW_DATA_RECIPES["cgan"].steps >= 3000
 
 
 # ----------------------------------------------------------------------------- the report and the CLI
@@ -374,7 +377,7 @@ def test_cli_rejects_unknown_models_and_bad_seeds(tmp_path, capsys):
 def test_cli_reads_the_version_from_s3_and_writes_the_report_there(s3_root, monkeypatch, capsys, digits):
     """An ``s3://`` root: the checkpoint is read from the store, eval.* are written back into the
     version folder there, and the classifier cache stays on local disk (``GENAUG_STATE_DIR``)."""
-    from jobs.storage import cache_dir, location
+    from jobs.store.location import cache_dir, location
 
     train, _ = digits
     register(s3_root, "tiny-cgan", "cgan")

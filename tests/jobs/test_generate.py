@@ -8,18 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from jobs import shards
-from jobs.generate import (
-    JobSpec,
-    ShardTask,
-    generate_many_uint8,
-    generate_uint8,
-    main,
-    parse_counts,
-    validate_request,
-)
-from jobs.registry import Registry
+from jobs.generate import JobSpec, ShardTask, main, parse_counts, validate_request
+from jobs.store import shards
+from jobs.store.manifest import verify_dataset
+from jobs.store.registry import Registry
 from models.checkpoint import load_checkpoint
+from models.sampling import generate_many_uint8, generate_uint8
 
 CLASSES = ("zero", "one", "two")
 
@@ -123,14 +117,14 @@ def test_standalone_ray_job_exact_and_resumable(ray_local, model_home, capsys):
     out = Path(model_home) / "datasets" / "j-standalone1"
     df = pd.read_parquet(out / "data")
     assert df.label.value_counts().to_dict() == {3: 1001, 9: 250, 0: 1}
-    assert df.key.is_unique and shards.verify_dataset(out).ok
+    assert df.key.is_unique and verify_dataset(out).ok
     first = {p.name: p.read_bytes() for p in (out / "data").iterdir()}
     # lose a shard and the success marker, as after a crash; the rerun regenerates exactly that shard
     (out / "data" / "train-00004-of-00013.parquet").unlink()
     (out / "_SUCCESS").unlink()
     assert main(argv) == 0
     assert {p.name: p.read_bytes() for p in (out / "data").iterdir()} == first
-    assert shards.verify_dataset(out).ok
+    assert verify_dataset(out).ok
     assert "13/13" in capsys.readouterr().out
 
 

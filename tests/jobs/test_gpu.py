@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 import torch
 
-from jobs import shards
-from jobs.generate import generate_uint8, run_job_with_ray_tasks, validate_request
-from jobs.registry import Registry
+from jobs.generate import run_job_with_ray_tasks, validate_request
+from jobs.store.registry import Registry
 from jobs.train import TrainSettings, train
 from models.checkpoint import load_checkpoint
+from models.sampling import generate_uint8
 
 pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
@@ -71,7 +71,7 @@ def test_standalone_job_with_fractional_gpus_is_exact(ray_local, model_home):
     out = Path(spec.output)
     df = pd.read_parquet(out / "data")
     assert df.label.value_counts().to_dict() == {5: 700, 0: 300}
-    assert df.key.is_unique and shards.verify_dataset(out).ok
+    assert df.key.is_unique and manifest.verify_dataset(out).ok
     assert manifest["totals"]["rows"] == 1000
 
 

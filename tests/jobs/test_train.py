@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from cluster.cli import main as cli
-from jobs.registry import Registry
+from jobs.store.registry import Registry
 from jobs.train import TrainSettings, train
 from models.checkpoint import load_checkpoint
 
@@ -90,7 +90,7 @@ def test_worker_failure_resumes_from_last_checkpoint(ray_local, home):
 
 def centroid_fidelity(model) -> float:
     """Share of samples a nearest-class-mean classifier (fit on real digits train) puts in the asked class."""
-    from jobs.data import load_dataset
+    from jobs.data.spec import load_dataset
 
     ds = load_dataset("digits")
     x = ds.images.flatten(1)  # (N, 64)

@@ -1,6 +1,6 @@
-"""Tests for jobs.loader: ShardStream (exactly-once split, shuffling, decoding), AugmentedDataset, Ray recipe.
+"""Tests for jobs.store.loader: ShardStream (exactly-once split, shuffling, decoding), AugmentedDataset, Ray recipe.
 
-Datasets are written with jobs.shards directly (random uint8 images); no Ray, no models.
+Datasets are written with jobs.store.shards directly (random uint8 images); no Ray, no models.
 Pandas / DuckDB read-back of the same format is covered by tests/jobs/test_shards.py.
 """
 
@@ -20,9 +20,14 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from jobs.data import ImageDataset, load_dataset
-from jobs.loader import AugmentedDataset, ShardStream, decode_png, ray_data_decode, resolve_rank
-from jobs.shards import build_shard_table, encode_pngs, finalize_dataset, write_shard
+from jobs.data.images import ImageDataset
+from jobs.data.spec import load_dataset
+from jobs.store.loader import ShardStream, ray_data_decode
+from jobs.store.manifest import finalize_dataset
+from jobs.store.mixing import AugmentedDataset
+from jobs.store.png import decode_png, encode_pngs
+from jobs.store.reading import resolve_rank
+from jobs.store.shards import build_shard_table, write_shard
 
 CLASSES = ["zero", "one", "two"]
 MODEL = "digits-cvae:v1"

@@ -6,7 +6,7 @@ A version directory holds the checkpoint (``config.json``, ``weights.pt``, ``cla
 never change (evaluation only adds its ``eval.*`` files):
 
 - on a local root it is built in a hidden temporary directory and published with one atomic rename;
-- on an object-store root (``s3://``, ``gs://``; see ``jobs.storage``) its files are uploaded into
+- on an object-store root (``s3://``, ``gs://``; see ``jobs.store.location``) its files are uploaded into
   ``v<k>/`` one by one and ``model.json`` is uploaded *last*: it is the commit marker, and a ``v<k>/``
   without it (an upload in progress, or one that crashed) is not a version. Object stores have no
   atomic create-if-absent here, so two processes must not register the same model name at the same
@@ -29,7 +29,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jobs.storage import Location, location, resolve_home, validate_name, write_json_atomic
+from jobs.store.location import Location, location, resolve_home, validate_name, write_json_atomic
+from models.checkpoint import (
+    CHECKPOINT_FILES,
+    checkpoint_hash,
+    load_checkpoint,
+    model_type_of,
+    save_checkpoint,
+)
 
 _VERSION_RE = re.compile(r"^v(\d+)$")
 MODEL_JSON = "model.json"
@@ -75,7 +82,6 @@ class ModelVersion:
     @contextlib.contextmanager
     def checkpoint_dir(self) -> Iterator[Path]:
         """A local folder holding the checkpoint files: the version itself, or a downloaded copy."""
-        from models.checkpoint import CHECKPOINT_FILES
 
         if self.location.is_local:
             yield self.location.local_path
@@ -89,7 +95,6 @@ class ModelVersion:
 
     def load(self, device: str = "cpu"):
         """``models.checkpoint.load_checkpoint`` of this version (downloaded first when remote)."""
-        from models.checkpoint import load_checkpoint
 
         with self.checkpoint_dir() as d:
             return load_checkpoint(d, device=device)
@@ -277,7 +282,6 @@ def register_model(
     **info: Any,
 ) -> ModelVersion:
     """Publish an in-memory model (e.g. freshly built, for tests and benchmarks) as the next version."""
-    from models.checkpoint import checkpoint_hash, model_type_of, save_checkpoint
 
     def fill(tmp: Path) -> dict[str, Any]:
         save_checkpoint(model, tmp, classes=classes, data=data)

@@ -1,4 +1,4 @@
-"""Tests for jobs.shards: PNG encoder, schema, planner, atomic writer, finalisation, readers, verify."""
+"""Tests for jobs.store.shards: PNG encoder, schema, planner, atomic writer, finalisation, readers, verify."""
 
 from __future__ import annotations
 
@@ -17,23 +17,26 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from jobs import shards
-from jobs.shards import (
+from jobs.store import atomic, shards
+from jobs.store.manifest import (
+    cleanup_temp,
+    finalize_dataset,
+    mark_success,
+    read_manifest,
+    verify_dataset,
+    write_manifest,
+)
+from jobs.store.png import encode_png, encode_pngs
+from jobs.store.shards import (
     SHARD_SCHEMA,
     allocate_prefix,
     build_shard_table,
-    cleanup_temp,
-    encode_png,
-    encode_pngs,
-    finalize_dataset,
     iter_shard_class_counts,
     plan_shards,
-    read_manifest,
     shard_class_counts,
     shard_labels,
     shard_schema,
     shard_seed,
-    verify_dataset,
     write_shard,
 )
 
@@ -390,8 +393,8 @@ def test_failed_move_on_local_filesystem_cleans_up(tmp_path: Path, monkeypatch: 
 
         return real(Failing(), path, data)
 
-    real = shards._put_atomic
-    monkeypatch.setattr(shards, "_put_atomic", boom)
+    real = atomic.put_atomic
+    monkeypatch.setattr(atomic, "put_atomic", boom)
     pngs, labels, seed, _ = _shard_inputs(0, [2, 2, 2])
     with pytest.raises(OSError, match="disk full"):
         write_shard(tmp_path, 0, 3, pngs, labels, CLASSES, MODEL, seed)
@@ -455,13 +458,13 @@ def test_finalize_writes_manifest_card_success(dataset: Path) -> None:
 
 def test_finalize_order_is_manifest_card_success(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     order = []
-    real = shards._put_atomic
+    real = atomic.put_atomic
 
     def record(fs, path, data):
         order.append(path.rsplit("/", 1)[1])
         return real(fs, path, data)
 
-    monkeypatch.setattr(shards, "_put_atomic", record)
+    monkeypatch.setattr(atomic, "put_atomic", record)
     _make_dataset(tmp_path / "out")
     assert order[-3:] == ["manifest.json", "README.md", "_SUCCESS"]
     assert all(name.endswith(".parquet") for name in order[:-3])
@@ -594,8 +597,8 @@ def test_verify_catches_truncated_file(copy: Path) -> None:
 def test_verify_catches_row_count_and_missing_markers(copy: Path) -> None:
     m = read_manifest(copy)
     m["shards"][0]["rows"] += 1
-    digest = shards.write_manifest(copy, m)
-    shards.mark_success(copy, digest)
+    digest = write_manifest(copy, m)
+    mark_success(copy, digest)
     assert verify_dataset(copy).kinds() == {"row_count_mismatch", "totals_mismatch"}
 
     (copy / "manifest.json").write_text(json.dumps(read_manifest(copy)))  # edited after _SUCCESS

@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jobs.generate import REQUEST_FIELDS, JobSpec, parse_counts, validate_request
-from jobs.registry import parse_ref
-from jobs.storage import confine, location, resolve_home, validate_name
+from jobs.store.location import confine, location, resolve_home, validate_name
+from jobs.store.registry import parse_ref
 from tests.conftest import register_untrained
 
 FUZZ = settings(max_examples=300, deadline=None, database=None)
@@ -423,7 +423,7 @@ def test_location_parses_local_file_s3_and_gs_forms(fake_s3_env, tmp_path, monke
 
 
 def test_s3_options_follow_the_standard_aws_variables(fake_s3_env, monkeypatch):
-    from jobs.storage import s3_options
+    from jobs.store.location import s3_options
 
     opts = s3_options("bucket")
     assert opts["scheme"] == "http" and opts["endpoint_override"] == "127.0.0.1:9"
@@ -488,7 +488,7 @@ def test_location_pickles_as_its_uri_without_credentials(fake_s3_env, monkeypatc
 
 
 def test_state_dir_is_local_for_every_root(fake_s3_env, tmp_path, monkeypatch):
-    from jobs.storage import cache_dir, state_dir
+    from jobs.store.location import cache_dir, state_dir
 
     assert state_dir(tmp_path) == tmp_path.resolve() / "state"  # a local root keeps its queue inside
     assert cache_dir(tmp_path) == tmp_path.resolve() / "cache"
@@ -509,7 +509,7 @@ def test_resolve_home_accepts_uris_and_names_valid_forms(fake_s3_env, tmp_path, 
 
 def test_registry_listing_cache_sees_every_new_version(tmp_path, monkeypatch):
     """``Registry.versions`` caches a folder's listing by its stat; a published version always shows."""
-    import jobs.registry as registry
+    from jobs.store import registry
 
     monkeypatch.setattr(registry, "_SETTLED_NS", 0)  # cache every listing at once (the worst case)
     reg = registry.Registry(tmp_path)
@@ -526,7 +526,8 @@ def test_registry_listing_cache_sees_every_new_version(tmp_path, monkeypatch):
 
 def test_atomic_writes_take_the_umask_mode_not_mkstemps_0600(tmp_path):
     """Committed files (manifests, model.json, reports) are readable by other users of a shared root."""
-    from jobs.storage import FILE_MODE, write_bytes_atomic, write_json_atomic
+    from jobs.store.atomic import FILE_MODE
+    from jobs.store.location import write_bytes_atomic, write_json_atomic
 
     mask = os.umask(0o022)
     os.umask(mask)

@@ -15,11 +15,13 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from jobs import datasets, shards
+from jobs import datasets
 from jobs.generate import validate_request
-from jobs.loader import ShardStream
-from jobs.registry import Registry
-from jobs.storage import location, state_dir
+from jobs.store import png, shards
+from jobs.store.loader import ShardStream
+from jobs.store.location import location, state_dir
+from jobs.store.manifest import finalize_dataset, verify_dataset
+from jobs.store.registry import Registry
 from tests.conftest import register_untrained
 
 CLASSES = ["zero", "one", "two"]
@@ -37,12 +39,12 @@ def _write_dataset(out: str, shard_counts: list[list[int]], *, finalize: bool = 
     for k, counts in enumerate(shard_counts):
         rng = np.random.default_rng(k)
         labels = rng.permutation(np.repeat(np.arange(3), counts))
-        pngs = shards.encode_pngs(rng.integers(0, 256, (len(labels), 8, 8), dtype=np.uint8))
+        pngs = png.encode_pngs(rng.integers(0, 256, (len(labels), 8, 8), dtype=np.uint8))
         infos.append(shards.write_shard(out, k, n, pngs, labels, CLASSES, MODEL, 10 + k))
     if not finalize:
         return None
     request = {"job_id": location(out).name, "model": "digits-cvae"}
-    return shards.finalize_dataset(out, request, {"model": MODEL}, infos, CLASSES, 1.0)
+    return finalize_dataset(out, request, {"model": MODEL}, infos, CLASSES, 1.0)
 
 
 def test_registry_publishes_versions_with_model_json_last(s3_root):
@@ -76,7 +78,7 @@ def test_dataset_commit_markers_verify_and_datasets_cli(s3_root, capsys):
         "data/train-00001-of-00002.parquet",
         "manifest.json",
     ]  # no temporary object was ever left: each object is one atomic upload
-    assert shards.verify_dataset(done).ok
+    assert verify_dataset(done).ok
     entries = {e["job_id"]: e for e in datasets.list_datasets(s3_root)}
     assert entries["job-done"]["complete"] and entries["job-done"]["rows"] == 17
     assert entries["job-done"]["path"] == done and entries["job-done"]["size_bytes"] > 0
@@ -96,9 +98,9 @@ def test_dataset_commit_markers_verify_and_datasets_cli(s3_root, capsys):
     data = bytearray(shard0.read_bytes())
     data[len(data) // 2] ^= 0xFF
     shard0.write_bytes(bytes(data))
-    assert "sha256_mismatch" in shards.verify_dataset(done).kinds()
+    assert "sha256_mismatch" in verify_dataset(done).kinds()
     (location(done) / "data/train-00001-of-00002.parquet").delete()
-    assert {"sha256_mismatch", "missing_shard"} <= shards.verify_dataset(done).kinds()
+    assert {"sha256_mismatch", "missing_shard"} <= verify_dataset(done).kinds()
     assert datasets.main(["--home", s3_root, "verify", "job-done"]) == 1
 
 

@@ -15,14 +15,10 @@ from PIL import Image
 from sklearn.datasets import load_digits
 from torchvision import datasets as tvd
 
-from jobs.data import (
-    DATASET_FORMS,
-    SHAPE_CLASSES,
-    ImageDataset,
-    denormalize_uint8,
-    load_dataset,
-    parse_spec,
-)
+from jobs.data.images import ImageDataset
+from jobs.data.shapes import SHAPE_CLASSES
+from jobs.data.spec import DATASET_FORMS, load_dataset, parse_spec
+from models.sampling import denormalize_uint8
 
 # --- helpers writing real on-disk formats -----------------------------------------------------------
 

@@ -26,8 +26,7 @@ Typical use (one shard per task, then one finalize)::
         images = sample(model, labels, seed)                    # (N, H, W, C) uint8, caller's code
         infos.append(write_shard(out, k, n, encode_pngs(images), labels, classes, "digits:v3", seed))
     finalize_dataset(out, request, lineage, infos, classes, duration_s)
-    assert verify_dataset(out).ok
-"""
+    assert verify_dataset(out).ok"""
 
 from __future__ import annotations
 
@@ -37,13 +36,7 @@ import json
 import math
 import os
 import re
-import struct
-import time
-import zlib
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from fractions import Fraction
 from typing import Any
 
@@ -52,26 +45,49 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from jobs import storage
-from jobs.storage import join_path, validate_name
+from jobs.store import atomic, location
+from jobs.store.atomic import join_path
+from jobs.store.location import validate_name
 
 FORMAT_VERSION = 1
+
+
 SPLIT = "train"
+
+
 DATA_DIR = "data"
+
+
 MANIFEST = "manifest.json"
+
+
 CARD = "README.md"
+
+
 SUCCESS = "_SUCCESS"
-TEMP_PREFIX = storage.TEMP_PREFIX  # temporary names (".tmp-..."), never committed
+
+
+TEMP_PREFIX = atomic.TEMP_PREFIX  # temporary names (".tmp-..."), never committed
+
+
 ROW_GROUP_ROWS = 1000  # rows per Parquet row group (<< HF's 100 MB guidance even for 64x64 RGB PNGs)
+
+
 DEFAULT_SHARD_ROWS = 10_000  # img2dataset's default samples per shard
+
+
 MAX_SEED = 2**63 - 1
+
+
 _MODEL_RE = re.compile(r"^(?P<name>[^:]+):v(?P<version>\d+)$")
+
 
 # --------------------------------------------------------------------------------------------------
 # Schema
 # --------------------------------------------------------------------------------------------------
 
 IMAGE_TYPE = pa.struct([pa.field("bytes", pa.binary()), pa.field("path", pa.string())])
+
 
 # Column types and order, without class names. ``path`` is typed string although always null: an
 # inferred ``struct<bytes, path: null>`` makes HF datasets ignore the metadata (REFERENCE.md pitfall).
@@ -90,7 +106,7 @@ SHARD_SCHEMA = pa.schema(
 )
 
 
-def _validate_classes(classes: Sequence[str]) -> list[str]:
+def validate_classes(classes: Sequence[str]) -> list[str]:
     names = list(classes)
     if not names or not all(isinstance(c, str) and c for c in names):
         raise ValueError(f"classes {names!r} invalid; valid: a non-empty list of non-empty strings")
@@ -101,7 +117,7 @@ def _validate_classes(classes: Sequence[str]) -> list[str]:
 
 def hf_features(classes: Sequence[str]) -> dict[str, Any]:
     """The Hugging Face ``datasets`` feature JSON for the shard columns (``Features.to_dict()`` form)."""
-    names = _validate_classes(classes)
+    names = validate_classes(classes)
     string = {"dtype": "string", "_type": "Value"}
     return {
         "image": {"_type": "Image"},
@@ -119,79 +135,6 @@ def shard_schema(classes: Sequence[str]) -> pa.Schema:
     """``SHARD_SCHEMA`` plus the ``huggingface`` metadata key naming the classes."""
     meta = {"info": {"features": hf_features(classes)}}
     return SHARD_SCHEMA.with_metadata({b"huggingface": json.dumps(meta).encode()})
-
-
-# --------------------------------------------------------------------------------------------------
-# PNG encoding (hot path)
-# --------------------------------------------------------------------------------------------------
-
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_IEND = struct.pack(">I", 0) + b"IEND" + struct.pack(">I", zlib.crc32(b"IEND"))
-_IDAT_CRC0 = zlib.crc32(b"IDAT")
-PNG_LEVEL = 6  # zlib level, PIL's default; on digit-like images levels 1 and 9 gave sizes within 2 %
-
-
-def _chunk(tag: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(data, zlib.crc32(tag)))
-
-
-def _png_header(height: int, width: int, channels: int) -> bytes:
-    color_type = 0 if channels == 1 else 2  # 0: greyscale, 2: truecolour RGB
-    # bit depth 8, compression 0 (deflate), filter method 0, no interlace
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0)
-    return _PNG_SIGNATURE + _chunk(b"IHDR", ihdr)
-
-
-def _as_nhwc(images: np.ndarray, batched: bool) -> np.ndarray:
-    arr = np.asarray(images)
-    want = "(N, H, W), (N, H, W, 1) or (N, H, W, 3)" if batched else "(H, W), (H, W, 1) or (H, W, 3)"
-    base = 3 if batched else 2
-    if arr.dtype != np.uint8:
-        raise ValueError(f"image dtype {arr.dtype} invalid; valid: uint8")
-    if arr.ndim == base:
-        arr = arr[..., None]  # (..., H, W, 1)
-    if arr.ndim != base + 1 or arr.shape[-1] not in (1, 3) or arr.shape[-2] == 0 or arr.shape[-3] == 0:
-        raise ValueError(f"image shape {arr.shape} invalid; valid: {want} with H, W >= 1")
-    return arr if batched else arr[None]  # (N, H, W, C)
-
-
-def _encode_raw(header: bytes, scanlines: np.ndarray, level: int) -> bytes:
-    data = zlib.compress(scanlines, level)  # releases the GIL while deflating
-    return b"".join(
-        (
-            header,
-            struct.pack(">I", len(data)),
-            b"IDAT",
-            data,
-            struct.pack(">I", zlib.crc32(data, _IDAT_CRC0)),
-            _IEND,
-        )
-    )
-
-
-def encode_pngs(images: np.ndarray, *, level: int = PNG_LEVEL, threads: int = 1) -> list[bytes]:
-    """Encode ``images`` (N, H, W[, C]) uint8, C in {1, 3}, to 8-bit grey/RGB PNG bytes, one per image.
-
-    A minimal writer (signature, IHDR, one IDAT with filter byte 0 per row, IEND): about 2-4x faster
-    than PIL's ``Image.save`` at 8x8..64x64 with files of similar size (PIL's adaptive filters make
-    smooth grey images ~15 % smaller). ``threads > 1`` runs the deflate calls in a thread pool (zlib
-    releases the GIL); on the 2-core dev machine that did not help, so the default is 1.
-    """
-    arr = _as_nhwc(images, batched=True)
-    n, h, w, c = arr.shape
-    raw = np.zeros((n, h, 1 + w * c), dtype=np.uint8)  # (N, H, 1 + W*C): filter byte 0, then the row
-    raw[:, :, 1:] = arr.reshape(n, h, w * c)  # (N, H, W*C)
-    header = _png_header(h, w, c)
-    if threads <= 1 or n < 2:
-        return [_encode_raw(header, raw[i], level) for i in range(n)]
-    with ThreadPoolExecutor(threads) as pool:
-        return list(pool.map(lambda i: _encode_raw(header, raw[i], level), range(n)))
-
-
-def encode_png(img: np.ndarray, *, level: int = PNG_LEVEL) -> bytes:
-    """Encode one (H, W), (H, W, 1) or (H, W, 3) uint8 image as 8-bit grey or RGB PNG bytes."""
-    arr = _as_nhwc(img, batched=False)  # (1, H, W, C)
-    return encode_pngs(arr, level=level, threads=1)[0]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -312,20 +255,20 @@ def shard_labels(class_counts: Sequence[int], seed: int) -> np.ndarray:
 
 
 def resolve_output(
-    output: str | os.PathLike | storage.Location, filesystem: pafs.FileSystem | None = None
+    output: str | os.PathLike | location.Location, filesystem: pafs.FileSystem | None = None
 ) -> tuple[pafs.FileSystem, str]:
-    """(filesystem, base path) for ``output``: a local path, a URI or Location (``jobs.storage.location``).
+    """(filesystem, base path) for ``output``: a local path, a URI or Location (``jobs.store.location.location``).
 
     With an explicit ``filesystem``, ``output`` is a path inside it (a ``scheme://`` prefix is dropped).
     """
     if filesystem is not None:
-        raw = output.path if isinstance(output, storage.Location) else os.fspath(output)
+        raw = output.path if isinstance(output, location.Location) else os.fspath(output)
         if "://" in raw:
             raw = raw.split("://", 1)[1]
         if isinstance(filesystem, pafs.LocalFileSystem):
             raw = os.path.abspath(raw)
         return filesystem, raw.rstrip("/") or "/"
-    loc = storage.location(output)
+    loc = location.location(output)
     return loc.fs, loc.path.rstrip("/") or "/"
 
 
@@ -334,28 +277,7 @@ def shard_path(shard: int, num_shards: int) -> str:
     return f"{DATA_DIR}/{SPLIT}-{shard:05d}-of-{num_shards:05d}.parquet"
 
 
-def _temp_path(path: str) -> str:
-    return storage.temp_path(path)
-
-
-def _delete_quietly(fs: pafs.FileSystem, path: str) -> None:
-    storage._delete_quietly(fs, path)
-
-
-def _put_atomic(fs: pafs.FileSystem, path: str, data: bytes | pa.Buffer) -> None:
-    """Write ``data`` so that ``path`` never holds a partial file (``jobs.storage.put_atomic``).
-
-    Local disk: temp file beside it, fsync, atomic rename. S3/GCS: one upload to the final key, which
-    becomes visible only once complete. Any other filesystem: temp object, then a move.
-    """
-    storage.put_atomic(fs, path, data)
-
-
-def _read_bytes(fs: pafs.FileSystem, path: str) -> bytes:
-    return storage.read_bytes(fs, path)
-
-
-def _file_sha256(fs: pafs.FileSystem, path: str) -> str:
+def file_sha256(fs: pafs.FileSystem, path: str) -> str:
     h = hashlib.sha256()
     with fs.open_input_stream(path) as f:
         while chunk := f.read(1 << 20):
@@ -387,7 +309,7 @@ def build_shard_table(
     is_synthetic: bool = True,
 ) -> pa.Table:
     """The Arrow table of one shard, with ``shard_schema(classes)``; keys are ``f"{shard:05d}-{row:07d}"``."""
-    names = _validate_classes(classes)
+    names = validate_classes(classes)
     _check_model(model)
     lab = np.asarray(labels)
     if lab.ndim != 1 or len(images_png) != lab.size:
@@ -478,7 +400,7 @@ def write_shard(
     (``uncompressed_bytes``: the Parquet footer's total uncompressed size, the card's ``num_bytes``).
     """
     _check_shard_index(shard, num_shards)
-    names = _validate_classes(classes)
+    names = validate_classes(classes)
     table = build_shard_table(images_png, labels, names, model, seed, shard)
     return _write_table(output, int(shard), int(num_shards), table, names, int(seed), filesystem)
 
@@ -526,7 +448,7 @@ def _write_table(
     buf = table_to_parquet_bytes(table)
     fs, base = resolve_output(output, filesystem)
     rel = shard_path(shard, num_shards)
-    _put_atomic(fs, join_path(base, rel), buf)
+    atomic.put_atomic(fs, join_path(base, rel), buf)
     per_class = np.bincount(table.column("label").to_numpy(), minlength=len(classes))
     return {
         "shard": shard,
@@ -550,7 +472,7 @@ def describe_shard(
     """
     fs, base = resolve_output(output, filesystem)
     rel = shard_path(int(shard), int(num_shards))
-    data = _read_bytes(fs, join_path(base, rel))
+    data = atomic.read_bytes(fs, join_path(base, rel))
     try:
         table = pq.read_table(pa.BufferReader(data))
         classes = json.loads(table.schema.metadata[b"huggingface"])["info"]["features"]["label"]["names"]
@@ -572,371 +494,3 @@ def describe_shard(
         "class_counts": {name: int(per_class[i]) for i, name in enumerate(classes)},
         "seed": int(seeds.pop()),
     }
-
-
-# --------------------------------------------------------------------------------------------------
-# Finalisation: manifest.json, README.md, _SUCCESS (last)
-# --------------------------------------------------------------------------------------------------
-
-
-def write_manifest(
-    output: str | os.PathLike, manifest: dict[str, Any], *, filesystem: pafs.FileSystem | None = None
-) -> str:
-    """Write ``manifest.json`` atomically; returns the sha256 of the bytes written."""
-    fs, base = resolve_output(output, filesystem)
-    data = (json.dumps(manifest, indent=2) + "\n").encode()
-    _put_atomic(fs, join_path(base, MANIFEST), data)
-    return hashlib.sha256(data).hexdigest()
-
-
-def read_manifest(output: str | os.PathLike, *, filesystem: pafs.FileSystem | None = None) -> dict[str, Any]:
-    """Read ``manifest.json``; ``FileNotFoundError`` naming it when it is missing."""
-    fs, base = resolve_output(output, filesystem)
-    return json.loads(_read_bytes(fs, join_path(base, MANIFEST)))
-
-
-def render_card(manifest: dict[str, Any]) -> str:
-    """The dataset card text (YAML header for the Hub / ``load_dataset(folder)``, then lineage)."""
-    import yaml  # PyYAML: a dependency of ray and datasets
-
-    classes = manifest["classes"]
-    totals = manifest["totals"]
-    features = [
-        {"name": "image", "dtype": "image"},
-        {"name": "label", "dtype": {"class_label": {"names": {str(i): c for i, c in enumerate(classes)}}}},
-        {"name": "label_name", "dtype": "string"},
-        {"name": "key", "dtype": "string"},
-        {"name": "model", "dtype": "string"},
-        {"name": "seed", "dtype": "int64"},
-        {"name": "is_synthetic", "dtype": "bool"},
-        {"name": "sha256", "dtype": "string"},
-    ]
-    header = {
-        "configs": [
-            {"config_name": "default", "data_files": [{"split": SPLIT, "path": f"{DATA_DIR}/{SPLIT}-*"}]}
-        ],
-        "dataset_info": {
-            "features": features,
-            "splits": [
-                {
-                    "name": SPLIT,
-                    "num_bytes": int(totals.get("uncompressed_bytes", 0)),
-                    "num_examples": int(totals["rows"]),
-                }
-            ],
-            "download_size": int(totals["bytes"]),
-            "dataset_size": int(totals.get("uncompressed_bytes", 0)),
-        },
-        "tags": ["synthetic", "genaug"],
-    }
-    lineage = manifest.get("lineage", {})
-    lines = [
-        "---",
-        yaml.safe_dump(header, sort_keys=False, allow_unicode=True).rstrip(),
-        "---",
-        "",
-        "# Synthetic dataset generated by genaug",
-        "",
-        f"{totals['rows']} synthetic images in {totals['shards']} Parquet shards ({totals['bytes']} bytes), "
-        f"written {manifest.get('created_at', '?')} in {manifest.get('duration_s', 0):.1f} s.",
-        "",
-        "## Lineage",
-        "",
-    ]
-    lines += [f"- **{k}**: `{json.dumps(v) if not isinstance(v, str) else v}`" for k, v in lineage.items()]
-    lines += [
-        "",
-        "Every row carries `model` (name:version) and `seed` (the shard seed that reproduces it); "
-        "`sha256` is the hash of the PNG bytes. `manifest.json` lists each shard's rows, bytes and sha256.",
-        "",
-        "## Rows per class",
-        "",
-        "| label | name | rows |",
-        "|---:|---|---:|",
-    ]
-    lines += [f"| {i} | {c} | {totals['per_class'].get(c, 0)} |" for i, c in enumerate(classes)]
-    lines += ["", "## Request", "", "```json", json.dumps(manifest.get("request", {}), indent=2), "```", ""]
-    return "\n".join(lines)
-
-
-def write_card(
-    output: str | os.PathLike, manifest: dict[str, Any], *, filesystem: pafs.FileSystem | None = None
-) -> None:
-    """Write the dataset card ``README.md`` atomically from a manifest."""
-    fs, base = resolve_output(output, filesystem)
-    _put_atomic(fs, join_path(base, CARD), render_card(manifest).encode())
-
-
-def mark_success(
-    output: str | os.PathLike, manifest_sha256: str = "", *, filesystem: pafs.FileSystem | None = None
-) -> None:
-    """Write ``_SUCCESS`` (holding the manifest's sha256, if given) atomically. Call it last."""
-    fs, base = resolve_output(output, filesystem)
-    _put_atomic(fs, join_path(base, SUCCESS), (manifest_sha256 + "\n").encode() if manifest_sha256 else b"")
-
-
-def _check_shard_list(shards: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    if not shards:
-        raise ValueError("shard list is empty; valid: shard infos 0..n-1 from write_shard")
-    ordered = sorted(shards, key=lambda s: int(s["shard"]))
-    idx = [int(s["shard"]) for s in ordered]
-    n = len(ordered)
-    if idx != list(range(n)):
-        dup = sorted({i for i in idx if idx.count(i) > 1})
-        missing = sorted(set(range(max(idx) + 1)) - set(idx))
-        raise ValueError(
-            f"shard list has gaps {missing} / duplicates {dup}; "
-            f"valid: each of shards 0..{max(max(idx), n - 1)} exactly once"
-        )
-    for s in ordered:
-        want = shard_path(int(s["shard"]), n)
-        if s["path"] != want:
-            raise ValueError(f"shard path {s['path']!r} invalid for {n} shards; valid: {want!r}")
-    return ordered
-
-
-def finalize_dataset(
-    output: str | os.PathLike,
-    request: dict[str, Any],
-    lineage: dict[str, Any],
-    shards: list[dict[str, Any]],
-    classes: Sequence[str],
-    duration_s: float,
-    filesystem: pafs.FileSystem | None = None,
-) -> dict[str, Any]:
-    """Commit a dataset: ``manifest.json``, then ``README.md``, then ``_SUCCESS`` last, each atomically.
-
-    ``shards`` are ``write_shard`` results (any order); gaps, duplicates, wrong paths or a shard file
-    missing/of the wrong size raise before anything is written. Returns the manifest.
-    """
-    names = _validate_classes(classes)
-    ordered = _check_shard_list(shards)
-    fs, base = resolve_output(output, filesystem)
-    infos = fs.get_file_info([join_path(base, s["path"]) for s in ordered])
-    for s, info in zip(ordered, infos, strict=True):
-        if info.type != pafs.FileType.File:
-            raise FileNotFoundError(f"missing shard file {join_path(base, s['path'])}")
-        if info.size != int(s["bytes"]):
-            raise ValueError(f"shard {s['path']} has {info.size} bytes on disk; manifest says {s['bytes']}")
-    per_class = {c: 0 for c in names}
-    for s in ordered:
-        for c, v in s["class_counts"].items():
-            if c not in per_class:
-                raise ValueError(f"shard {s['path']} has unknown class {c!r}; valid: {names}")
-            per_class[c] += int(v)
-    rows = sum(int(s["rows"]) for s in ordered)
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "classes": names,
-        "request": request,
-        "lineage": lineage,
-        "shards": [
-            {
-                **{k: s[k] for k in ("shard", "path", "rows", "bytes", "sha256", "seed", "class_counts")},
-                "uncompressed_bytes": int(s.get("uncompressed_bytes", 0)),
-                **({"filter": s["filter"]} if s.get("filter") is not None else {}),
-            }
-            for s in ordered
-        ],
-        "totals": {
-            "rows": rows,
-            "shards": len(ordered),
-            "bytes": sum(int(s["bytes"]) for s in ordered),
-            "uncompressed_bytes": sum(int(s.get("uncompressed_bytes", 0)) for s in ordered),
-            "per_class": per_class,
-        },
-        "duration_s": float(duration_s),
-        "rows_per_s": rows / duration_s if duration_s > 0 else None,
-    }
-    if request.get("filter"):  # quality filter: acceptance per class, summed over shards
-        from jobs.quality import summarize
-
-        manifest["filter"] = summarize([s.get("filter") or {} for s in ordered], names)
-    _delete_quietly(fs, join_path(base, SUCCESS))  # a re-finalize must not look committed half-way
-    digest = write_manifest(base, manifest, filesystem=fs)
-    write_card(base, manifest, filesystem=fs)
-    mark_success(base, digest, filesystem=fs)
-    return manifest
-
-
-# --------------------------------------------------------------------------------------------------
-# Verification and cleanup
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class VerifyReport:
-    """What ``verify_dataset`` found: ``problems`` is a list of {kind, path, detail}; ``ok`` if none."""
-
-    output: str  # the dataset folder that was checked
-    problems: list[dict[str, str]] = field(default_factory=list)  # one entry per problem found
-    shards_checked: int = 0  # shard files that were opened and checked
-    rows: int = 0  # rows counted in the Parquet footers of readable shards
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-    def kinds(self) -> set[str]:
-        """The distinct problem kinds (handy in tests and logs)."""
-        return {p["kind"] for p in self.problems}
-
-    def add(self, kind: str, path: str, detail: str) -> None:
-        self.problems.append({"kind": kind, "path": path, "detail": detail})
-
-    def __str__(self) -> str:
-        if self.ok:
-            return f"{self.output}: ok ({self.shards_checked} shards, {self.rows} rows)"
-        lines = [f"{self.output}: {len(self.problems)} problem(s)"]
-        lines += [f"  {p['kind']}: {p['path']}: {p['detail']}" for p in self.problems]
-        return "\n".join(lines)
-
-
-def _list_names(fs: pafs.FileSystem, folder: str) -> list[pafs.FileInfo]:
-    return fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True, recursive=False))
-
-
-def verify_dataset(
-    output: str | os.PathLike, filesystem: pafs.FileSystem | None = None, *, check_hash: bool = True
-) -> VerifyReport:
-    """Check a dataset folder against its manifest; never raises for a damaged dataset.
-
-    Problem kinds: missing_manifest, bad_manifest, missing_success, success_mismatch, missing_shard,
-    extra_file, temp_file, size_mismatch, sha256_mismatch (skipped if ``check_hash`` is False),
-    unreadable (e.g. truncated), row_count_mismatch, schema_mismatch, totals_mismatch.
-    """
-    fs, base = resolve_output(output, filesystem)
-    report = VerifyReport(output=base)
-    top = _list_names(fs, base)
-    data_files = _list_names(fs, join_path(base, DATA_DIR))
-    for info in top + data_files:
-        if info.base_name.startswith(TEMP_PREFIX):
-            report.add("temp_file", info.path, "leftover temporary file (run cleanup_temp)")
-    try:
-        raw_manifest = _read_bytes(fs, join_path(base, MANIFEST))
-    except FileNotFoundError:
-        report.add("missing_manifest", join_path(base, MANIFEST), "no manifest.json: the job did not finish")
-        return report
-    try:
-        manifest = json.loads(raw_manifest)
-        shards = manifest["shards"]
-        classes = manifest["classes"]
-        totals = manifest["totals"]
-        for s in shards:
-            (s["path"], int(s["rows"]), int(s["bytes"]), str(s["sha256"]))
-        shard_schema(classes)
-    except (ValueError, KeyError, TypeError) as e:
-        report.add("bad_manifest", join_path(base, MANIFEST), f"unparsable manifest: {e!r}")
-        return report
-    try:
-        success = _read_bytes(fs, join_path(base, SUCCESS)).decode().strip()
-        if success and success != hashlib.sha256(raw_manifest).hexdigest():
-            report.add(
-                "success_mismatch",
-                join_path(base, SUCCESS),
-                "manifest.json changed after _SUCCESS was written",
-            )
-    except FileNotFoundError:
-        report.add("missing_success", join_path(base, SUCCESS), "no _SUCCESS: the job did not commit")
-
-    expected = {s["path"]: s for s in shards}
-    for info in data_files:
-        rel = join_path(DATA_DIR, info.base_name)
-        if rel not in expected and not info.base_name.startswith(TEMP_PREFIX):
-            report.add("extra_file", info.path, "not listed in manifest.json")
-    on_disk = {join_path(DATA_DIR, i.base_name): i for i in data_files if i.type == pafs.FileType.File}
-    want_schema = shard_schema(classes)
-    rows_total = 0
-    for rel, s in expected.items():
-        path = join_path(base, rel)
-        info = on_disk.get(rel)
-        if info is None:
-            report.add("missing_shard", path, f"shard {s.get('shard')} listed in manifest.json is missing")
-            continue
-        report.shards_checked += 1
-        if info.size != s["bytes"]:
-            report.add("size_mismatch", path, f"{info.size} bytes on disk, manifest says {s['bytes']}")
-        if check_hash:
-            digest = _file_sha256(fs, path)
-            if digest != s["sha256"]:
-                report.add(
-                    "sha256_mismatch", path, f"sha256 {digest[:16]}..., manifest says {s['sha256'][:16]}..."
-                )
-        try:
-            with fs.open_input_file(path) as f:
-                pf = pq.ParquetFile(f)
-                num_rows, schema = pf.metadata.num_rows, pf.schema_arrow
-        except Exception as e:  # noqa: BLE001 - any decode failure means the file is unusable
-            report.add("unreadable", path, f"cannot read Parquet footer: {type(e).__name__}: {e}")
-            continue
-        report.rows += num_rows
-        rows_total += int(s["rows"])
-        if num_rows != s["rows"]:
-            report.add("row_count_mismatch", path, f"{num_rows} rows in file, manifest says {s['rows']}")
-        hf_meta = (schema.metadata or {}).get(b"huggingface")
-        if (
-            not schema.equals(want_schema, check_metadata=False)
-            or hf_meta != want_schema.metadata[b"huggingface"]
-        ):
-            report.add("schema_mismatch", path, f"schema differs from shard_schema(classes): {schema}")
-    if sum(int(s["rows"]) for s in shards) != totals.get("rows") or len(shards) != totals.get("shards"):
-        report.add("totals_mismatch", join_path(base, MANIFEST), "totals do not match the shard list")
-    return report
-
-
-def cleanup_temp(
-    output: str | os.PathLike, *, filesystem: pafs.FileSystem | None = None, min_age_s: float = 0.0
-) -> list[str]:
-    """Delete leftover ``.tmp-*`` files in the dataset folder and ``data/``; returns the deleted paths.
-
-    Do not run it while writers are active, or pass ``min_age_s`` larger than a shard's write time.
-    """
-    fs, base = resolve_output(output, filesystem)
-    now = time.time()
-    removed = []
-    for info in _list_names(fs, base) + _list_names(fs, join_path(base, DATA_DIR)):
-        if info.type != pafs.FileType.File or not info.base_name.startswith(TEMP_PREFIX):
-            continue
-        if min_age_s > 0 and info.mtime is not None and now - info.mtime.timestamp() < min_age_s:
-            continue
-        _delete_quietly(fs, info.path)
-        removed.append(info.path)
-    return removed
-
-
-__all__ = [
-    "CARD",
-    "DEFAULT_SHARD_ROWS",
-    "FORMAT_VERSION",
-    "MANIFEST",
-    "ROW_GROUP_ROWS",
-    "SHARD_SCHEMA",
-    "SUCCESS",
-    "VerifyReport",
-    "allocate_prefix",
-    "build_shard_table",
-    "cleanup_temp",
-    "describe_shard",
-    "encode_png",
-    "encode_pngs",
-    "finalize_dataset",
-    "hf_features",
-    "iter_shard_class_counts",
-    "mark_success",
-    "plan_shards",
-    "read_manifest",
-    "render_card",
-    "resolve_output",
-    "shard_class_counts",
-    "shard_labels",
-    "shard_path",
-    "shard_schema",
-    "shard_seed",
-    "table_to_parquet_bytes",
-    "verify_dataset",
-    "write_card",
-    "write_manifest",
-    "write_shard",
-    "write_shard_table",
-]

@@ -21,20 +21,19 @@ Commit semantics. ``write_bytes`` never leaves a partial object under the final 
 (and any filesystem that can rename) it writes a temporary file beside the target, fsyncs it and
 renames it; on S3/GCS a single upload is atomic (the object appears only once the upload completed),
 so it writes the final key directly. Multi-file artefacts add a commit marker written last: a dataset's
-``manifest.json`` then ``_SUCCESS`` (``jobs.shards``), a model version's ``model.json``
-(``jobs.registry``); readers treat anything without its marker as not committed.
+``manifest.json`` then ``_SUCCESS`` (``jobs.store.shards``), a model version's ``model.json``
+(``jobs.store.registry``); readers treat anything without its marker as not committed.
 
 Layout under the root::
 
-    models/<name>/v<k>/     immutable registered model versions (jobs.registry)
+    models/<name>/v<k>/     immutable registered model versions (jobs.store.registry)
     runs/<name>/            Ray Train run storage: checkpoints for --resume
-    datasets/<job-id>/      generation job outputs (jobs.shards)
+    datasets/<job-id>/      generation job outputs (jobs.store.shards)
     state/queue.sqlite      the job queue (cluster.queue)      - local roots only, see local_base()
     cache/                  derived caches (feature classifiers) - local roots only, see local_base()
 
 The SQLite queue and the caches always stay on a local disk (SQLite cannot live on an object store):
-with a URI root they go under ``$GENAUG_STATE_DIR`` (default ``~/.genaug/<root slug>``) instead.
-"""
+with a URI root they go under ``$GENAUG_STATE_DIR`` (default ``~/.genaug/<root slug>``) instead."""
 
 from __future__ import annotations
 
@@ -44,7 +43,6 @@ import json
 import os
 import posixpath
 import re
-import tempfile
 import urllib.parse
 from collections.abc import Iterable
 from pathlib import Path
@@ -52,17 +50,37 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
+from jobs.store.atomic import join_path, json_bytes, put_atomic, read_bytes, write_local_atomic
+
 DEFAULT_HOME = "./genaug-data"
+
+
 STATE_DIR_ENV = "GENAUG_STATE_DIR"
+
+
 DEFAULT_STATE_BASE = "~/.genaug"
+
+
 OBJECT_STORES = ("s3", "gs")  # URI schemes served by an object store (atomic single-object PUT)
+
+
 MAX_KEY_BYTES = 1024  # S3 and GCS object names: at most 1024 bytes of UTF-8
+
+
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # fullmatch: `$` would also accept "x\n"
+
+
 _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
 _LOCAL_FS = pafs.LocalFileSystem()
+
+
 HOME_HELP = (
     "storage root: a folder, s3://BUCKET/PREFIX or gs://BUCKET/PREFIX (default $GENAUG_HOME or ./genaug-data)"
 )
+
+
 _CREDENTIAL_VARS = (
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
@@ -70,6 +88,8 @@ _CREDENTIAL_VARS = (
     "AWS_PROFILE",
     "GOOGLE_APPLICATION_CREDENTIALS",
 )
+
+
 VALID_FORMS = "a local path, file://PATH, s3://BUCKET[/PREFIX] or gs://BUCKET[/PREFIX]"
 
 
@@ -140,11 +160,6 @@ def filesystem_for(scheme: str, bucket: str | None = None) -> pafs.FileSystem:
         raise ValueError(f"unsupported storage scheme {scheme!r}; valid: {VALID_FORMS}")
     creds = "\0".join(os.environ.get(k, "") for k in _CREDENTIAL_VARS)
     return _cached_fs(scheme, tuple(sorted(opts.items())), hashlib.sha256(creds.encode()).hexdigest())
-
-
-def is_object_store(fs: Any) -> bool:
-    """True for S3/GCS filesystems: a single upload is atomic there and there is no rename."""
-    return getattr(fs, "type_name", None) in ("s3", "gcs")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -311,7 +326,7 @@ class Location:
     def write_bytes(self, data: bytes) -> None:
         """Write atomically (see the module docstring): readers see the old file or the whole new one."""
         if self.is_local:
-            _write_local_atomic(Path(self.path), bytes(data))
+            write_local_atomic(Path(self.path), bytes(data))
         else:
             put_atomic(self.fs, self.path, data)
 
@@ -498,16 +513,6 @@ def _confine_local(root: Path, candidate: str | os.PathLike | Location) -> Path:
     return resolved
 
 
-# --------------------------------------------------------------------------------------------------
-# Atomic writes and reads (Path, URI or Location)
-# --------------------------------------------------------------------------------------------------
-
-
-def json_bytes(obj: Any) -> bytes:
-    """The JSON genaug writes: 2-space indent, sorted keys, trailing newline."""
-    return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
-
-
 def write_json_atomic(path: str | os.PathLike | Location, obj: Any) -> None:
     """Write JSON to ``path`` (a local path, URI or Location) atomically."""
     write_bytes_atomic(path, json_bytes(obj))
@@ -521,114 +526,3 @@ def write_bytes_atomic(path: str | os.PathLike | Location, data: bytes) -> None:
 def read_json(path: str | os.PathLike | Location) -> Any:
     """Read a JSON file, raising ``FileNotFoundError`` that names it when it is missing."""
     return location(path).read_json()
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)  # read by setting: once, at import, before any thread writes files
-    os.umask(mask)
-    return mask
-
-
-# mkstemp creates 0600 files; committed files get the usual mode (0644 under umask 022) so that other
-# users of a shared root (another team reading a dataset's manifest) can read them.
-FILE_MODE = 0o666 & ~_umask()
-
-
-def _write_local_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(fd, FILE_MODE)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-TEMP_PREFIX = ".tmp-"
-
-
-def temp_path(path: str) -> str:
-    """A unique temporary name beside ``path`` (``dir/.tmp-<name>.<hex>``), for write-then-rename."""
-    import uuid
-
-    parent, _, name = path.rpartition("/")
-    return f"{parent}/{TEMP_PREFIX}{name}.{uuid.uuid4().hex}"
-
-
-def join_path(base: str, *parts: str) -> str:
-    """Join relative names onto a ``pyarrow.fs`` path with ``/`` (``base`` as the filesystem takes it).
-
-    Each part may hold several levels (``data/x.parquet``); absolute parts, URIs, empty, ``.`` or ``..``
-    segments and NUL bytes raise ``ValueError``.
-    """
-    segments: list[str] = []
-    for part in parts:
-        text = os.fspath(part) if isinstance(part, os.PathLike) else part
-        if not isinstance(text, str) or not text or text.startswith("/") or "://" in text or "\x00" in text:
-            raise ValueError(f"path part {part!r} invalid; valid: a relative name like 'models/x'")
-        for seg in text.split("/"):
-            if seg in ("", ".", ".."):
-                raise ValueError(f"path part {part!r} invalid; valid: no empty, '.' or '..' segments")
-            segments.append(seg)
-    if not segments:
-        return base
-    head = base.rstrip("/")
-    return "/".join([head, *segments]) if head else "/" + "/".join(segments)
-
-
-def put_atomic(fs: pafs.FileSystem, path: str, data: Any) -> None:
-    """Write ``data`` under ``path`` in ``fs`` so that the final name never holds a partial file.
-
-    Object stores (S3, GCS): one upload straight to the final key; the object becomes visible only when
-    the upload completed (and on a failed upload the key is deleted again, best effort). Other
-    filesystems: a temporary file beside ``path`` (fsynced on local disk), then a move; the temporary
-    file is removed on any error.
-    """
-    if is_object_store(fs):
-        try:
-            with fs.open_output_stream(path) as f:
-                f.write(data)
-        except BaseException:
-            _delete_quietly(fs, path)
-            raise
-        return
-    fs.create_dir(path.rpartition("/")[0], recursive=True)
-    tmp = temp_path(path)
-    try:
-        with fs.open_output_stream(tmp) as f:
-            f.write(data)
-        if getattr(fs, "type_name", None) == "local":
-            fd = os.open(tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        fs.move(tmp, path)
-    except BaseException:
-        _delete_quietly(fs, tmp)
-        raise
-
-
-def read_bytes(fs: pafs.FileSystem, path: str, shown: str | None = None) -> bytes:
-    """The whole file at ``path``; ``FileNotFoundError`` naming it (as ``shown``) when it is missing."""
-    try:
-        with fs.open_input_stream(path) as f:
-            return f.read()
-    except FileNotFoundError:
-        raise FileNotFoundError(f"missing file {shown or path}") from None
-    except OSError as e:  # pyarrow reports some missing objects/dirs as plain OSError
-        if fs.get_file_info(path).type == pafs.FileType.NotFound:
-            raise FileNotFoundError(f"missing file {shown or path}") from None
-        raise e
-
-
-def _delete_quietly(fs: pafs.FileSystem, path: str) -> None:
-    try:
-        fs.delete_file(path)
-    except (FileNotFoundError, OSError):
-        pass

@@ -1,4 +1,4 @@
-"""The label filter (jobs.quality): exact counts, every kept row classified as asked, deterministic per
+"""The label filter (jobs.metrics.label_filter): exact counts, every kept row classified as asked, deterministic per
 seed, acceptance statistics in the manifest, a bound on tries, and its wiring into validate_request,
 run_shard and the standalone Ray job."""
 
@@ -15,12 +15,12 @@ import torch
 from PIL import Image
 from torch import nn
 
-from jobs import evaluate as ev
-from jobs import quality, shards
-from jobs.data import load_dataset
+from jobs.data.spec import load_dataset
 from jobs.generate import ShardTask, main, run_shard, validate_request
-from jobs.registry import Registry, register_model
-from jobs.storage import write_json_atomic
+from jobs.metrics import classifier, label_filter
+from jobs.store.location import write_json_atomic
+from jobs.store.manifest import finalize_dataset, verify_dataset
+from jobs.store.registry import Registry, register_model
 from models.checkpoint import build_model, load_checkpoint
 
 
@@ -52,24 +52,24 @@ def classify_u8(clf: nn.Module, u8: np.ndarray) -> np.ndarray:
 def test_filtered_samples_are_exact_classified_as_asked_and_deterministic():
     model, clf = tiny_model(), BrightnessClassifier()
     labels = np.array([4, 5, 4, 5, 5, 4, 4] * 30)  # 120 x 4, 90 x 5: interleaved rows
-    images, stats = quality.filtered_uint8(model, clf, labels, seed=7)
+    images, stats = label_filter.filtered_uint8(model, clf, labels, seed=7)
     assert images.shape == (len(labels), 8, 8, 1) and images.dtype == np.uint8
     assert np.array_equal(classify_u8(clf, images), labels)  # every row passes the filter
     assert set(stats) == {"4", "5"}
     for c, n in (("4", 120), ("5", 90)):
         assert stats[c]["kept"] == n and stats[c]["examined"] >= n
-    again, stats2 = quality.filtered_uint8(model, clf, labels, seed=7)
+    again, stats2 = label_filter.filtered_uint8(model, clf, labels, seed=7)
     assert np.array_equal(images, again) and stats == stats2  # same seed, same pixels
-    other, _ = quality.filtered_uint8(model, clf, labels, seed=8)
+    other, _ = label_filter.filtered_uint8(model, clf, labels, seed=8)
     assert not np.array_equal(images, other)
     # the kept rows of a class are a prefix of its stream: fewer rows asked, the first ones returned
-    fewer, _ = quality.filtered_uint8(model, clf, np.array([4] * 50), seed=7)
+    fewer, _ = label_filter.filtered_uint8(model, clf, np.array([4] * 50), seed=7)
     assert np.array_equal(fewer, images[labels == 4][:50])
 
 
 def test_unfiltered_rows_would_fail_the_classifier_sometimes():
     """The test above is not vacuous: without the filter, many rows are not classified as asked."""
-    from jobs.generate import generate_uint8
+    from models.sampling import generate_uint8
 
     model, clf = tiny_model(), BrightnessClassifier()
     labels = np.array([4, 5] * 100)
@@ -79,13 +79,13 @@ def test_unfiltered_rows_would_fail_the_classifier_sometimes():
 
 def test_acceptance_is_kept_over_examined_and_matches_the_candidate_stream():
     model, clf = tiny_model(), BrightnessClassifier()
-    _, stats = quality.filtered_uint8(model, clf, np.array([5] * 40), seed=3, block=64)
+    _, stats = label_filter.filtered_uint8(model, clf, np.array([5] * 40), seed=3, block=64)
     # recount by hand: walk the class-5 stream block by block until the 40th hit
     hits, examined, b = 0, 0, 0
     while hits < 40:
-        g = torch.Generator().manual_seed(quality.block_seed(3, 5, b))
+        g = torch.Generator().manual_seed(label_filter.block_seed(3, 5, b))
         noise = torch.randn(64, model.noise_dim, generator=g)
-        from jobs.data import denormalize_uint8
+        from models.sampling import denormalize_uint8
 
         u8 = denormalize_uint8(model.sample(torch.full((64,), 5), noise=noise))
         for ok in classify_u8(clf, u8) == 5:
@@ -95,22 +95,24 @@ def test_acceptance_is_kept_over_examined_and_matches_the_candidate_stream():
                 break
         b += 1
     assert stats["5"] == {"kept": 40, "examined": examined}
-    summary = quality.summarize([stats, {"5": {"kept": 10, "examined": 20}}], [str(i) for i in range(10)])
+    summary = label_filter.summarize(
+        [stats, {"5": {"kept": 10, "examined": 20}}], [str(i) for i in range(10)]
+    )
     assert summary["per_class"]["5"]["kept"] == 50
     assert summary["per_class"]["5"]["acceptance_rate"] == pytest.approx(50 / (examined + 20))
 
 
 def test_a_class_the_model_never_makes_raises_after_the_bound():
     model, clf = tiny_model(), BrightnessClassifier()
-    with pytest.raises(quality.FilterRejected, match=r"class 0 kept 0 of \d+ candidates"):
-        quality.filtered_uint8(model, clf, np.array([0] * 3), seed=0, block=32, min_tries=96)
+    with pytest.raises(label_filter.FilterRejected, match=r"class 0 kept 0 of \d+ candidates"):
+        label_filter.filtered_uint8(model, clf, np.array([0] * 3), seed=0, block=32, min_tries=96)
 
 
 def test_check_filter():
-    assert quality.check_filter(None) is None and quality.check_filter("label") == "label"
+    assert label_filter.check_filter(None) is None and label_filter.check_filter("label") == "label"
     for bad in ("LABEL", "", "quality", 1, ["label"]):
         with pytest.raises(ValueError, match="valid: label"):
-            quality.check_filter(bad)
+            label_filter.check_filter(bad)
 
 
 # ----------------------------------------------------------------------------- wiring
@@ -133,12 +135,14 @@ def filter_home(tmp_path_factory) -> Path:
         loss.backward()
         opt.step()
     register_model(root, "tiny-filter", model.eval(), list(train.classes), data)
-    cfg = ev.ClassifierConfig(min_steps=30, max_steps=30)
-    net = ev.train_classifier(train.images, train.labels, 10, 0, cfg)
-    pt, js = ev.classifier_cache_paths(root, train)
+    cfg = classifier.ClassifierConfig(min_steps=30, max_steps=30)
+    net = classifier.train_classifier(train.images, train.labels, 10, 0, cfg)
+    pt, js = classifier.classifier_cache_paths(root, train)
     pt.parent.mkdir(parents=True)
     torch.save(net.state_dict(), pt)
-    write_json_atomic(js, {**ev._cache_key(train, ev.ClassifierConfig()), "real_accuracy_by_seed": {}})
+    write_json_atomic(
+        js, {**classifier._cache_key(train, classifier.ClassifierConfig()), "real_accuracy_by_seed": {}}
+    )
     return root
 
 
@@ -177,20 +181,27 @@ def test_filtered_shard_rows_pass_the_domain_classifier_and_manifest_has_accepta
         run_shard(model, ShardTask.of(spec, "j-filt", k), home=filter_home) for k in range(spec.num_shards)
     ]
     assert all("filter" in i for i in infos)
-    manifest = shards.finalize_dataset(
-        spec.output, {"job_id": "j-filt", **spec.to_dict()}, {}, infos, spec.classes, 1.0
+    summary = label_filter.summarize([i["filter"] for i in infos], spec.classes)
+    committed = finalize_dataset(
+        spec.output,
+        {"job_id": "j-filt", **spec.to_dict()},
+        {},
+        infos,
+        spec.classes,
+        1.0,
+        filter_summary=summary,
     )
     df = pd.read_parquet(Path(spec.output) / "data")
     assert df.label.value_counts().to_dict() == {1: 30, 7: 25}
-    clf = quality.model_classifier(filter_home, spec.model)
+    clf = label_filter.model_classifier(filter_home, spec.model)
     u8 = np.stack([np.array(Image.open(io.BytesIO(b["bytes"]))) for b in df.image])[..., None]
     assert np.array_equal(classify_u8(clf, u8), df.label.to_numpy())
-    f = manifest["filter"]
+    f = committed["filter"]
     assert f["per_class"]["1"]["kept"] == 30 and f["per_class"]["7"]["kept"] == 25
     assert 0 < f["per_class"]["1"]["acceptance_rate"] <= 1 and f["kept"] == 55
     on_disk = json.loads((Path(spec.output) / "manifest.json").read_text())
     assert on_disk["filter"]["per_class"] == f["per_class"]
-    assert shards.verify_dataset(spec.output).ok
+    assert verify_dataset(spec.output).ok
     # the same task regenerates the same bytes
     again = run_shard(model, ShardTask.of(spec, "j-filt", 0), home=filter_home, filesystem=None)
     assert again["sha256"] == infos[0]["sha256"]
@@ -221,7 +232,7 @@ def test_service_samples_and_jobs_take_the_filter(ray_local, filter_home):
         client = Client(url, token="")
         req = {"model": "tiny-filter", "counts": {"3": 6, "9": 4}, "seed": 4, "format": "npz"}
         npz = np.load(io.BytesIO(client.samples({**req, "filter": "label"})))
-        clf = quality.model_classifier(filter_home, "tiny-filter")
+        clf = label_filter.model_classifier(filter_home, "tiny-filter")
         assert np.array_equal(classify_u8(clf, npz["images"]), npz["labels"])
         again = np.load(io.BytesIO(client.samples({**req, "filter": "label"})))
         assert np.array_equal(npz["images"], again["images"])

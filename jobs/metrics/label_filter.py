@@ -16,8 +16,7 @@ Sampling protocol, per class c asked for n_c times with seed s:
   rate of at least 1/MAX_TRIES_FACTOR). A class that runs out raises ``FilterRejected``: counts are
   never short and never topped up with rejected samples;
 - the statistics record, per class, the rows asked for (= accepted, kept) and the candidates examined
-  up to the last kept one; acceptance rate = kept / examined.
-"""
+  up to the last kept one; acceptance rate = kept / examined."""
 
 from __future__ import annotations
 
@@ -32,9 +31,21 @@ import numpy as np
 import torch
 from torch import nn
 
+from jobs.data.spec import load_dataset
+from jobs.metrics.classifier import feature_classifier
+from jobs.store.location import resolve_home
+from jobs.store.registry import Registry
+from models.sampling import denormalize_uint8, normalize_uint8
+
 FILTERS = ("label",)
+
+
 BLOCK = 512  # candidates per noise block (fixed: the stream must not depend on the request size)
+
+
 MAX_TRIES_FACTOR = 20  # at most 20 candidates per kept row (acceptance rate >= 5 %) ...
+
+
 MIN_TRIES = 4 * BLOCK  # ... and never fewer than this many per class
 
 
@@ -63,8 +74,6 @@ _lock = threading.Lock()
 
 @functools.lru_cache(maxsize=8)
 def _cached_classifier(home: str, spec: str, image_size: int, fingerprint: str) -> nn.Module:
-    from jobs.data import load_dataset
-    from jobs.evaluate import feature_classifier
 
     try:
         train = load_dataset(spec, "train", image_size)
@@ -86,9 +95,8 @@ def _cached_classifier(home: str, spec: str, image_size: int, fingerprint: str) 
 def classifier_for(home: str | Path | None, data: Mapping[str, Any], classes: Sequence[str]) -> nn.Module:
     """The domain classifier of a model's training data (``data.json`` facts): cached or trained now.
 
-    Kept in memory per (home, data); the file cache is ``jobs.evaluate.feature_classifier``'s.
+    Kept in memory per (home, data); the file cache is ``jobs.metrics.classifier.feature_classifier``'s.
     """
-    from jobs.storage import resolve_home
 
     spec, fingerprint = data.get("spec"), data.get("fingerprint")
     shape = data.get("image_shape") or [None, None, None]
@@ -107,7 +115,6 @@ def classifier_for(home: str | Path | None, data: Mapping[str, Any], classes: Se
 
 def model_classifier(home: str | Path | None, model_ref: str) -> nn.Module:
     """``classifier_for`` of a registered model version ``NAME[:VERSION]``."""
-    from jobs.registry import Registry
 
     info = Registry(home).resolve(model_ref).info
     return classifier_for(home, info.get("data") or {}, info.get("classes") or [])
@@ -134,7 +141,6 @@ def filtered_uint8(
     Returns the images and per-class statistics ``{class index: {"kept", "examined"}}`` (classes
     present only). Raises ``FilterRejected`` when a class needs more than its bound of candidates.
     """
-    from jobs.data import denormalize_uint8, normalize_uint8
 
     labels = np.asarray(labels, dtype=np.int64)
     device = next(model.parameters()).device

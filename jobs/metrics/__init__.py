@@ -1,0 +1,1 @@
+"""Evaluation science: domain classifier, feature distances, fidelity/CAS, gain, label filter, report."""

@@ -1,0 +1,1 @@
+"""Where things live and in what format: locations, atomic commits, shards, manifests, registry, loaders."""
