@@ -127,7 +127,7 @@ class Sampler:
         return out  # type: ignore[return-value]
 
     def filtered(self, ref: str, labels, seed: int, temperature: float) -> np.ndarray:
-        """``filter: "label"``: samples the domain classifier reads as their label (``jobs.metrics.label_filter``)."""
+        """``filter: "label"``: samples the domain classifier reads as their label (the label filter)."""
 
         classifier = label_filter.model_classifier(self.registry.home, ref)
         labels = np.asarray(labels, np.int64)

@@ -42,6 +42,7 @@ import torch
 
 from jobs.data.images import ImageDataset
 from jobs.data.spec import load_dataset
+from jobs.entry import job_main
 from jobs.metrics.classifier import (
     ClassifierConfig,
     Log,
@@ -63,7 +64,7 @@ from jobs.metrics.gain import (
     sample_images,
 )
 from jobs.metrics.report import METRICS, report_rows, write_report
-from jobs.store.location import HOME_HELP, resolve_home
+from jobs.store.location import resolve_home
 from jobs.store.registry import Registry
 
 FID_FLOOR_FACTOR = {"cgan": 1.5, "cvae": 2.0}  # target: FID <= factor x real-train-vs-real-test floor
@@ -537,19 +538,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m jobs.evaluate --model NAME[:VER] [--dataset SPEC] [--fast] [--seeds 0,1,2]``"""
-    p = argparse.ArgumentParser(
-        prog="python -m jobs.evaluate",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--home", default=None, help=HOME_HELP)
-    add_arguments(p)
-    args = p.parse_args(argv)
-    try:
-        return run(args)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return job_main("python -m jobs.evaluate", __doc__, add_arguments, run, argv)
 
 
 if __name__ == "__main__":

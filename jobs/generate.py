@@ -30,11 +30,12 @@ import numpy as np
 import pyarrow.fs as pafs
 import torch
 
+from jobs.entry import job_main
 from jobs.metrics import label_filter
 from jobs.metrics.label_filter import FILTERS, check_filter
 from jobs.rayinit import ray_session
 from jobs.store import png, shards
-from jobs.store.location import HOME_HELP, location, resolve_home, validate_name
+from jobs.store.location import location, resolve_home, validate_name
 from jobs.store.manifest import cleanup_temp, finalize_dataset
 from jobs.store.registry import ModelVersion, Registry
 from models.sampling import generate_uint8
@@ -444,34 +445,31 @@ def _filter_stats_task(home: str, task: dict) -> dict[str, Any]:
     return shard_images(_task_model(home, t), t, home)[2]
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m jobs.generate --model NAME[:VER] (--per-class N | --counts 0=500,7=2000) ...``"""
-
-    p = argparse.ArgumentParser(
-        prog="python -m jobs.generate",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--home", default=None, help=HOME_HELP)
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of ``python -m jobs.generate``: a request (as ``genaug generate``), a job id, GPU share."""
     p.add_argument("--job-id", default=None, help="job id; rerun with the same id to resume (default: new)")
     add_request_arguments(p)
     p.add_argument(
         "--gpu-per-task", type=float, default=0.0, help="GPU fraction per shard task, e.g. 0.25 (default 0)"
     )
-    args = p.parse_args(argv)
-    try:
-        job_id = args.job_id or new_job_id()
-        req = request_from_args(args)
-        spec = validate_request(req, args.home, job_id=job_id, allow_existing=bool(args.job_id))
-        print(f"job {job_id}: {spec.total_rows:,} rows in {spec.num_shards} shards -> {spec.output}")
-        with ray_session():
-            manifest = run_job_with_ray_tasks(spec, job_id, args.home, gpu_per_task=args.gpu_per_task)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    """Validate the request, run it as Ray tasks (resuming ``--job-id``), print what was written."""
+    job_id = args.job_id or new_job_id()
+    req = request_from_args(args)
+    spec = validate_request(req, args.home, job_id=job_id, allow_existing=bool(args.job_id))
+    print(f"job {job_id}: {spec.total_rows:,} rows in {spec.num_shards} shards -> {spec.output}")
+    with ray_session():
+        manifest = run_job_with_ray_tasks(spec, job_id, args.home, gpu_per_task=args.gpu_per_task)
     print(f"done: {manifest['totals']['rows']:,} rows, per class {manifest['totals']['per_class']}")
     print(f"output: {spec.output}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m jobs.generate --model NAME[:VER] (--per-class N | --counts 0=500,7=2000) ...``"""
+    return job_main("python -m jobs.generate", __doc__, add_arguments, run, argv)
 
 
 def add_request_arguments(p: argparse.ArgumentParser) -> None:

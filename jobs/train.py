@@ -33,9 +33,9 @@ import numpy as np
 import torch
 
 from jobs.data.spec import DATASET_FORMS, load_dataset, parse_spec
+from jobs.entry import job_main
 from jobs.rayinit import ray_session
 from jobs.store.location import (
-    HOME_HELP,
     Location,
     location,
     read_json,
@@ -572,6 +572,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+# TrainSettings fields set one-to-one from the flags of the same name (``--batch-size`` -> batch_size).
+FLAG_FIELDS = (
+    "model", "dataset", "name", "epochs", "batch_size", "lr", "workers", "gpu", "compile", "seed",
+    "image_size", "checkpoint_every",
+)  # fmt: skip
+
+
 def settings_from_args(args: argparse.Namespace) -> TrainSettings:
     overrides = {}
     if args.model_config:
@@ -583,21 +590,7 @@ def settings_from_args(args: argparse.Namespace) -> TrainSettings:
             ) from None
         if not isinstance(overrides, dict):
             raise ValueError("--model-config must be a JSON object, e.g. '{\"hidden\": 512}'")
-    return TrainSettings(
-        model=args.model,
-        dataset=args.dataset,
-        name=args.name,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        workers=args.workers,
-        gpu=args.gpu,
-        compile=args.compile,
-        seed=args.seed,
-        image_size=args.image_size,
-        checkpoint_every=args.checkpoint_every,
-        model_config=overrides,
-    )
+    return TrainSettings(**{f: getattr(args, f) for f in FLAG_FIELDS}, model_config=overrides)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -622,18 +615,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m jobs.train ...`` (the same flags as ``genaug train``)."""
-    p = argparse.ArgumentParser(
-        prog="python -m jobs.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--home", default=None, help=HOME_HELP)
-    add_arguments(p)
-    args = p.parse_args(argv)
-    try:
-        run(args)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return job_main("python -m jobs.train", __doc__, add_arguments, run, argv)
 
 
 if __name__ == "__main__":

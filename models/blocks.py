@@ -177,3 +177,36 @@ def leaky() -> nn.Module:
 def upsample() -> nn.Module:
     """x2 nearest-neighbour upsampling (followed by a 3x3 conv in every decoder stage)."""
     return nn.Upsample(scale_factor=2, mode="nearest")
+
+
+class ConditionalSampler(nn.Module):
+    """Base of the class-conditional generators: ``sample`` is their one seeded way to draw images.
+
+    A subclass has ``config.num_classes``, a ``noise_dim`` and says how noise becomes images in
+    ``images_from_noise``.
+    """
+
+    noise_dim: int
+
+    def images_from_noise(self, z: Tensor, labels: Tensor) -> Tensor:
+        """Images (B, C, H, W) in [-1, 1] for noise ``z`` (B, noise_dim) and ``labels`` (B,) on its device."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def sample(
+        self,
+        labels: Tensor,
+        generator: torch.Generator | None = None,
+        temperature: float = 1.0,
+        noise: Tensor | None = None,
+    ) -> Tensor:
+        """Images (B, C, H, W) in [-1, 1] for ``labels`` (B,) at noise ``temperature * eps``.
+
+        eps ~ N(0, I) is drawn on the CPU with ``generator`` (a CPU ``torch.Generator``), or taken from
+        ``noise`` (B, noise_dim), so the same seed gives the same images on any device; temperature < 1
+        trades diversity for fidelity (like truncation).
+        """
+        check_labels(labels, self.config.num_classes)
+        device = module_device(self)
+        z = sample_noise(labels.shape[0], self.noise_dim, device, generator, temperature, noise)
+        return self.images_from_noise(z, labels.to(device))

@@ -28,16 +28,14 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from models.blocks import (
     ConditionalBatchNorm,
+    ConditionalSampler,
     base_resolution,
     check_float,
     check_image_config,
     check_int,
-    check_labels,
     diff_augment,
     leaky,
-    module_device,
     resolve_arch,
-    sample_noise,
     stage_widths,
     unwrap,
     upsample,
@@ -215,7 +213,7 @@ def g_loss(G: nn.Module, D: nn.Module, labels: Tensor, z: Tensor, augment: bool 
     return GANGOutput(-unwrap(D)(x, labels).mean(), fake)
 
 
-class CGAN(nn.Module):
+class CGAN(ConditionalSampler):
     """Holds G, D and the EMA generator. The training job owns optimisers and the loop:
 
     D step with ``d_loss``; ``D.requires_grad_(False)``; G step with ``g_loss``; re-enable; ``update_ema``.
@@ -254,23 +252,6 @@ class CGAN(nn.Module):
             ema_b.copy_(b)
         self.ema_updates += 1
 
-    @torch.no_grad()
-    def sample(
-        self,
-        labels: Tensor,
-        generator: torch.Generator | None = None,
-        temperature: float = 1.0,
-        noise: Tensor | None = None,
-    ) -> Tensor:
-        """Images (B, C, H, W) in [-1, 1] from ``generator_ema`` (eval mode) at
-        z = noise_scale * temperature * eps.
-
-        eps ~ N(0, I) is drawn on the CPU with ``generator`` (a CPU ``torch.Generator``), or taken from
-        ``noise`` (B, z_dim); temperature < 1 trades diversity for fidelity (like truncation).
-        """
-        check_labels(labels, self.config.num_classes)
-        ema = self.generator_ema.eval()
-        device = module_device(ema)
-        z = sample_noise(labels.shape[0], self.noise_dim, device, generator, temperature, noise)
-        z = z * self.config.noise_scale
-        return ema(z, labels.to(device)).clamp(-1.0, 1.0)
+    def images_from_noise(self, z: Tensor, labels: Tensor) -> Tensor:
+        """``generator_ema`` (eval mode) at z * noise_scale (the model's own truncation)."""
+        return self.generator_ema.eval()(z * self.config.noise_scale, labels).clamp(-1.0, 1.0)

@@ -20,16 +20,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.blocks import (
+    ConditionalSampler,
     base_resolution,
     check_choice,
     check_float,
     check_image_config,
     check_int,
-    check_labels,
     group_count,
-    module_device,
     resolve_arch,
-    sample_noise,
     stage_widths,
     upsample,
 )
@@ -148,7 +146,7 @@ class _ConvDecoder(nn.Module):
         return self.net(h)  # (B, C, H, W)
 
 
-class CVAE(nn.Module):
+class CVAE(ConditionalSampler):
     """Class-conditional VAE. ``forward`` returns the loss; ``sample`` draws images for given labels."""
 
     def __init__(self, config: CVAEConfig) -> None:
@@ -270,22 +268,6 @@ class CVAE(nn.Module):
             return eps
         return self.prior_mean[labels] + torch.einsum("bij,bj->bi", self.prior_scale_tril[labels], eps)
 
-    @torch.no_grad()
-    def sample(
-        self,
-        labels: Tensor,
-        generator: torch.Generator | None = None,
-        temperature: float = 1.0,
-        noise: Tensor | None = None,
-    ) -> Tensor:
-        """Images (B, C, H, W) in [-1, 1] for ``labels`` (B,): the decoder mean at prior(temperature * eps).
-
-        eps ~ N(0, I) is drawn on the CPU with ``generator`` (a CPU ``torch.Generator``), or taken from
-        ``noise`` (B, latent_dim), so the same seed gives the same images on any device; ``prior_latent``
-        maps it to the configured prior (identity for "standard").
-        """
-        check_labels(labels, self.config.num_classes)
-        device = module_device(self)
-        labels = labels.to(device)
-        z = sample_noise(labels.shape[0], self.noise_dim, device, generator, temperature, noise)
+    def images_from_noise(self, z: Tensor, labels: Tensor) -> Tensor:
+        """The decoder mean at ``prior_latent(z)`` (the configured prior; identity for "standard")."""
         return self.decode(self.prior_latent(z, labels), labels)

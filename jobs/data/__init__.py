@@ -1,1 +1,1 @@
-"""Image datasets by spec: one module per source (digits, shapes, mnist-like, cifar10, imagefolder, parquet)."""
+"""Image datasets by spec: one module per source: digits, shapes, mnist, cifar10, imagefolder, parquet."""

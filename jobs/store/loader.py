@@ -56,14 +56,12 @@ import torch
 
 from jobs.store.png import decode_png
 from jobs.store.reading import (
-    Catalog,
     RankAware,
     buffer_shuffle,
     decode_column,
     iter_rows,
     png_of,
     range_pieces,
-    resolve_rank,
     seeded_rng,
     split_range,
     to_tensor,
@@ -159,11 +157,9 @@ class ShardStream(RankAware, torch.utils.data.IterableDataset):
         super().__init__()
         if isinstance(shuffle_buffer, bool) or int(shuffle_buffer) != shuffle_buffer or shuffle_buffer < 0:
             raise ValueError(f"shuffle_buffer {shuffle_buffer!r} invalid; valid: an integer >= 0")
-        if isinstance(seed, bool) or int(seed) != seed or seed < 0:
-            raise ValueError(f"seed {seed!r} invalid; valid: an integer >= 0")
         if image_dtype not in IMAGE_DTYPES:
             raise ValueError(f"image_dtype {image_dtype!r} invalid; valid: {', '.join(IMAGE_DTYPES)}")
-        self.catalog = Catalog(uris, filesystem, allow_incomplete)
+        self._init_reading(uris, seed, transform, filesystem, allow_incomplete, rank, world_size)
         extra = [c for c in (columns or []) if c not in ("image", "label")]
         if return_key and "key" not in extra:
             extra.append("key")
@@ -171,16 +167,11 @@ class ShardStream(RankAware, torch.utils.data.IterableDataset):
         if unknown:
             raise ValueError(f"unknown columns {unknown}; valid: {self.catalog.columns}")
         self.shuffle_buffer = int(shuffle_buffer)
-        self.seed = int(seed)
-        self.transform = transform
         self.decode = bool(decode)
         self.image_dtype = image_dtype
         self.extra_columns = extra
         self.as_dict = bool(extra)
         self.even = bool(even)
-        self._explicit = (rank, world_size)
-        self.rank, self.world_size = resolve_rank(rank, world_size)
-        self.epoch = 0
 
     # -- public facts -------------------------------------------------------------------------------
 

@@ -15,12 +15,10 @@ import pyarrow.parquet as pq
 import torch
 
 from jobs.store.reading import (
-    Catalog,
     RankAware,
     Reader,
     decode_column,
     iter_rows,
-    resolve_rank,
     seeded_rng,
     split_range,
     to_tensor,
@@ -108,10 +106,8 @@ class AugmentedDataset(RankAware, torch.utils.data.IterableDataset):
             )
         elif isinstance(synthetic_fraction, bool) or not 0.0 <= float(synthetic_fraction) < 1.0:
             raise ValueError(f"synthetic_fraction {synthetic_fraction!r} invalid; valid: 0 <= f < 1")
-        if isinstance(seed, bool) or int(seed) != seed or seed < 0:
-            raise ValueError(f"seed {seed!r} invalid; valid: an integer >= 0")
         self.real = real
-        self.catalog = Catalog(synthetic, filesystem, allow_incomplete)
+        self._init_reading(synthetic, seed, transform, filesystem, allow_incomplete, rank, world_size)
         real_classes = list(classes) if classes is not None else getattr(real, "classes", None)
         if real_classes is None:
             raise ValueError("the real dataset has no .classes; valid: pass classes=[...] (its class names)")
@@ -127,12 +123,7 @@ class AugmentedDataset(RankAware, torch.utils.data.IterableDataset):
         self.real_labels = _real_labels(real)
         self.synthetic_fraction = None if synthetic_fraction is None else float(synthetic_fraction)
         self.per_class_target = None if per_class_target is None else int(per_class_target)
-        self.seed = int(seed)
-        self.transform = transform
         self.return_key = bool(return_key)
-        self._explicit = (rank, world_size)
-        self.rank, self.world_size = resolve_rank(rank, world_size)
-        self.epoch = 0
         self.unit_labels: list[np.ndarray] | None = None
         if self.per_class_target is not None:
             self.unit_labels = self._read_unit_labels()

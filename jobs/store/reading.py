@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import os
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -281,11 +281,31 @@ def range_pieces(order: np.ndarray, rows: np.ndarray, lo: int, hi: int) -> list[
 
 # --------------------------------------------------------------------------------------------------
 class RankAware:
-    """Rank bookkeeping shared by the two datasets: explicit overrides or re-detection in the main process."""
+    """What the two datasets share: the shard catalog, seed, transform and rank bookkeeping (explicit
+    overrides or re-detection in the main process)."""
 
     _explicit: tuple[int | None, int | None]
     rank: int
     world_size: int
+
+    def _init_reading(
+        self,
+        uris: str | os.PathLike | Sequence[str | os.PathLike],
+        seed: int,
+        transform: Callable[[Any], Any] | None,
+        filesystem: pafs.FileSystem | None,
+        allow_incomplete: bool,
+        rank: int | None,
+        world_size: int | None,
+    ) -> None:
+        if isinstance(seed, bool) or int(seed) != seed or seed < 0:
+            raise ValueError(f"seed {seed!r} invalid; valid: an integer >= 0")
+        self.catalog = Catalog(uris, filesystem, allow_incomplete)
+        self.seed = int(seed)
+        self.transform = transform
+        self._explicit = (rank, world_size)
+        self.rank, self.world_size = resolve_rank(rank, world_size)
+        self.epoch = 0
 
     def _refresh_rank(self) -> None:
         """Re-detect the rank in the main process (torch.distributed may be initialised after __init__)."""

@@ -257,7 +257,7 @@ def shard_labels(class_counts: Sequence[int], seed: int) -> np.ndarray:
 def resolve_output(
     output: str | os.PathLike | location.Location, filesystem: pafs.FileSystem | None = None
 ) -> tuple[pafs.FileSystem, str]:
-    """(filesystem, base path) for ``output``: a local path, a URI or Location (``jobs.store.location.location``).
+    """(filesystem, base path) for ``output``: a local path, a URI or a ``Location``.
 
     With an explicit ``filesystem``, ``output`` is a path inside it (a ``scheme://`` prefix is dropped).
     """

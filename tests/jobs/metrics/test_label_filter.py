@@ -1,4 +1,4 @@
-"""The label filter (jobs.metrics.label_filter): exact counts, every kept row classified as asked, deterministic per
+"""jobs.metrics.label_filter: exact counts, every kept row classified as asked, deterministic per
 seed, acceptance statistics in the manifest, a bound on tries, and its wiring into validate_request,
 run_shard and the standalone Ray job."""
 

@@ -1,4 +1,4 @@
-"""Tests for jobs.store.loader: ShardStream (exactly-once split, shuffling, decoding), AugmentedDataset, Ray recipe.
+"""jobs.store.loader: ShardStream (exactly-once split, shuffling, decoding), AugmentedDataset, Ray recipe.
 
 Datasets are written with jobs.store.shards directly (random uint8 images); no Ray, no models.
 Pandas / DuckDB read-back of the same format is covered by tests/jobs/test_shards.py.
