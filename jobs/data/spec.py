@@ -11,13 +11,12 @@ Spec forms (``DATASET_FORMS``):
 - ``shapes`` / ``shapes:SIZE``: procedurally generated RGB shapes (circle, square, triangle, cross,
   ring) at random colour, position and scale on a dark background; 600 train / 200 test images per
   class, deterministic (one fixed seed per split), default size 32.
-- ``mnist:ROOT``, ``fashion-mnist:ROOT``, ``cifar10:ROOT``: torchvision's readers with
-  ``download=False`` (nothing is downloaded). MNIST wants the *uncompressed* files
-  ``ROOT/MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte`` (all four, whatever the split);
-  Fashion-MNIST the same under ``ROOT/FashionMNIST/raw``; CIFAR-10 wants
+- ``mnist:DIR``, ``fashion-mnist:DIR``: the IDX files (gzipped or not) flat in ``DIR``, as Debian's
+  ``dataset-fashion-mnist`` package (``/usr/share/datasets/fashion-mnist``) and the original sites ship
+  them, or in torchvision's ``DIR/MNIST/raw`` / ``DIR/FashionMNIST/raw`` (``jobs.data.mnist``). MNIST
+  class names are simplified to ``"0"``..``"9"`` so that ``digits`` and ``mnist`` models share class names.
+- ``cifar10:ROOT``: torchvision's reader with ``download=False``:
   ``ROOT/cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}`` with their published MD5s.
-  MNIST class names are simplified to ``"0"``..``"9"`` (torchvision says ``"0 - zero"``) so that
-  ``digits`` and ``mnist`` models share class names; Fashion-MNIST and CIFAR-10 keep torchvision's.
 - ``imagefolder:DIR``: ``DIR/<class>/<image>`` (torchvision ``ImageFolder``; class names are the folder
   names). If ``DIR`` holds both ``train/`` and ``test/`` they are the splits, else all of ``DIR`` is
   the train split. Images are grey (1 channel) if every image is grey, else RGB.

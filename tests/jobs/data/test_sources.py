@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import pickle
+import shutil
 import struct
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -280,26 +283,58 @@ def test_mnist_like_from_fake_idx_files(tmp_path, name, folder, classes):
 
 @pytest.mark.parametrize("name, folder", [("mnist", "MNIST"), ("fashion-mnist", "FashionMNIST")])
 def test_mnist_missing_folder_names_every_expected_file(tmp_path, name, folder):
-    with pytest.raises(FileNotFoundError) as err:
-        load_dataset(f"{name}:{tmp_path / 'nowhere'}")
-    msg = str(err.value)
-    raw = tmp_path / "nowhere" / folder / "raw"
-    for f in (
-        "train-images-idx3-ubyte",
-        "train-labels-idx1-ubyte",
-        "t10k-images-idx3-ubyte",
-        "t10k-labels-idx1-ubyte",
-    ):
-        assert str(raw / f) in msg
-    assert "missing" in msg
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        with pytest.raises(FileNotFoundError) as err:
+            load_dataset(f"{name}:{tmp_path / 'nowhere'}", split)
+        msg = str(err.value)
+        for where in (tmp_path / "nowhere", tmp_path / "nowhere" / folder / "raw"):  # both layouts
+            for f in (f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"):
+                assert str(where / f) in msg
+        assert "missing" in msg and ".gz" in msg and "nothing is downloaded" in msg
 
 
-def test_mnist_one_missing_file_and_gz_hint(tmp_path):
-    fake_mnist(tmp_path, "MNIST")
+def test_mnist_reads_gzipped_files_and_a_missing_one_names_both_layouts(tmp_path):
+    written = fake_mnist(tmp_path, "MNIST")
     raw = tmp_path / "MNIST" / "raw"
-    (raw / "t10k-labels-idx1-ubyte").rename(raw / "t10k-labels-idx1-ubyte.gz")
-    with pytest.raises(FileNotFoundError, match=r"missing t10k-labels-idx1-ubyte.*gunzip"):
-        load_dataset(f"mnist:{tmp_path}", "train")  # torchvision wants all four files for either split
+    for f in raw.iterdir():  # as torchvision downloads them: .gz beside nothing
+        f.with_name(f.name + ".gz").write_bytes(gzip.compress(f.read_bytes()))
+        f.unlink()
+    np.testing.assert_array_equal(
+        load_dataset(f"mnist:{tmp_path}", "test").labels.numpy(), written["t10k"][1]
+    )
+    (raw / "t10k-labels-idx1-ubyte.gz").unlink()
+    assert len(load_dataset(f"mnist:{tmp_path}", "train")) == 20  # only the split's own two files are read
+    with pytest.raises(FileNotFoundError, match=r"test split .* is missing") as err:
+        load_dataset(f"mnist:{tmp_path}", "test")
+    msg = str(err.value)
+    assert str(tmp_path / "t10k-labels-idx1-ubyte") in msg and str(raw / "t10k-labels-idx1-ubyte") in msg
+    assert f"found only {raw / 't10k-images-idx3-ubyte.gz'}" in msg
+
+
+def test_fashion_mnist_flat_gzipped_layout_as_debian_ships_it(tmp_path):
+    written = fake_mnist(tmp_path, "x")
+    for f in (tmp_path / "x" / "raw").iterdir():
+        (tmp_path / f"{f.name}.gz").write_bytes(gzip.compress(f.read_bytes()))
+    shutil.rmtree(tmp_path / "x")
+    ds = load_dataset(f"fashion-mnist:{tmp_path}", "train")
+    np.testing.assert_array_equal(denormalize_uint8(ds.images)[..., 0], written["train"][0])
+    assert ds.classes[0] == "T-shirt/top" and len(ds.classes) == 10
+
+
+DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.mark.skipif(
+    not (DEBIAN_FASHION / "t10k-images-idx3-ubyte.gz").is_file(),
+    reason="Debian's dataset-fashion-mnist is not installed (make install installs it as root with apt)",
+)
+def test_real_fashion_mnist_from_the_debian_package():
+    train, test = (load_dataset(f"fashion-mnist:{DEBIAN_FASHION}", s) for s in ("train", "test"))
+    assert train.images.shape == (60_000, 1, 28, 28) and test.images.shape == (10_000, 1, 28, 28)
+    assert np.bincount(train.labels.numpy()).tolist() == [6000] * 10
+    assert np.bincount(test.labels.numpy()).tolist() == [1000] * 10
+    assert -1.0 <= float(train.images.min()) and float(train.images.max()) <= 1.0
+    assert train.fingerprint != test.fingerprint
 
 
 def test_mnist_damaged_file(tmp_path):
