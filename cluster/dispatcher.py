@@ -30,10 +30,10 @@ import ray
 
 from cluster import NAMESPACE, QUEUE_ACTOR, metrics
 from cluster.queue import InvalidTransition, JobNotFound, JobStatus, JobStore, QueueError
-from jobs.generate import JobSpec, ShardTask, lineage, new_job_id, validate_request
+from jobs.generate import JobSpec, ShardTask, finalize_job, new_job_id, validate_request
 from jobs.store import shards
 from jobs.store.location import location, resolve_home, state_dir
-from jobs.store.manifest import cleanup_temp, finalize_dataset
+from jobs.store.manifest import cleanup_temp
 from jobs.store.registry import Registry
 
 log = logging.getLogger("genaug.queue")
@@ -283,13 +283,7 @@ class QueueOwner:
         await asyncio.to_thread(cleanup_temp, spec.output)
         mv = Registry(self.home).resolve(spec.model)
         manifest = await asyncio.to_thread(
-            finalize_dataset,
-            spec.output,
-            {"job_id": job_id, **spec.to_dict()},
-            lineage(mv),
-            [done[k] for k in sorted(done)],
-            spec.classes,
-            time.perf_counter() - started,
+            finalize_job, spec, job_id, mv, [done[k] for k in sorted(done)], time.perf_counter() - started
         )
         summary = {
             "output": spec.output,

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -63,24 +62,12 @@ from jobs.metrics.gain import (
     gain_text,
     sample_images,
 )
+from jobs.metrics.longtail import LONG_TAIL_RECIPES, RARE_CLASSES, RARE_KEEP, long_tail_gain
 from jobs.metrics.report import METRICS, report_rows, write_report
+from jobs.metrics.targets import FID_FLOOR_FACTOR, GAIN_DEFAULT_K, GAIN_HEAD_K, domain
+from jobs.metrics.targets import target as target_of
 from jobs.store.location import resolve_home
 from jobs.store.registry import Registry
-
-FID_FLOOR_FACTOR = {"cgan": 1.5, "cvae": 2.0}  # target: FID <= factor x real-train-vs-real-test floor
-
-
-TARGETS_DIGITS = {  # the project's quality targets, set on digits; shown for every dataset
-    "cas_ratio": ">= 0.99",
-    "label_fidelity": ">= 0.995",
-    "fid": "<= 1.5x floor (cgan) / 2x floor (cvae)",
-    "augmentation_gain": ">= +3 pp at k=10",
-    "memorisation": "<= 0.5 % near-copies",
-}
-
-
-def _is_digits(spec: str) -> bool:
-    return spec.strip().lower() == "digits"
 
 
 def _check_dataset(spec: str, ckpt, size: int) -> tuple[ImageDataset, ImageDataset]:
@@ -106,37 +93,16 @@ def _check_dataset(spec: str, ckpt, size: int) -> tuple[ImageDataset, ImageDatas
     return train, test
 
 
-def _target(
-    name: str, value: float | None, model_type: str, floor: float | None = None
-) -> tuple[str, bool | None]:
-    """Target text and whether ``value`` meets it (None when it cannot be judged)."""
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return TARGETS_DIGITS.get(name, "-"), None
-    if name == "cas_ratio":
-        return ">= 0.99", value >= 0.99
-    if name == "label_fidelity":
-        return ">= 0.995", value >= 0.995
-    if name == "fid":
-        factor = FID_FLOOR_FACTOR.get(model_type, 2.0)
-        if floor is None:
-            return f"<= {factor}x floor", None
-        return f"<= {factor}x floor = {factor * floor:.3g}", value <= factor * floor
-    if name == "augmentation_gain":
-        return ">= +3 pp at k=10", value >= 3.0
-    if name == "memorisation":
-        return "<= 0.5 %", value <= 0.005
-    return "-", None
-
-
 def evaluate(
     home: str | Path | None,
     model_ref: str,
     dataset: str | None = None,
     n_per_class: int = 200,
     seeds: Sequence[int] = (0, 1, 2),
-    gain_k: Sequence[int] = (5, 10, 50),
+    gain_k: Sequence[int] | None = None,
     fast: bool = False,
     *,
+    long_tail: bool | None = None,
     train_fn: TrainFn | None = None,
     classifier_config: ClassifierConfig = ClassifierConfig(),
     temperature: float = 1.0,
@@ -150,7 +116,10 @@ def evaluate(
     protocol, target and pass flag, and (``write``) stores ``eval.json``, ``eval.md`` and PNGs in the
     model version directory. ``fast``: one seed, at most 50 samples per class, k=10 only, the gain's
     generator trained for 1/8 of its epochs, 1000 SVC samples: a smoke test, not a measurement.
-    ``train_fn`` replaces the gain's generator training (tests).
+    ``train_fn`` replaces the generator training of the gain and long-tail protocols (tests).
+    ``gain_k`` defaults to 5,10,50 on digits and 10,50,200 elsewhere; ``long_tail`` (None: on when every
+    class has >= 500 train images, so that 1 % of a class is >= 5 images) runs ``long_tail_gain``.
+    Targets: ``jobs.metrics.targets`` (digits' table on digits, the real-data table elsewhere).
     """
     t_start = time.perf_counter()
     if isinstance(n_per_class, bool) or not isinstance(n_per_class, int) or n_per_class < 2:
@@ -158,10 +127,8 @@ def evaluate(
     seeds = [int(s) for s in seeds]
     if not seeds or min(seeds) < 0:
         raise ValueError(f"seeds must be one or more integers >= 0, e.g. 0,1,2; got {seeds}")
-    gain_k = [int(k) for k in gain_k]
     if fast:
         seeds, n_per_class = seeds[:1], min(n_per_class, 50)
-        gain_k = [10] if 10 in gain_k else gain_k[:1]
     home = resolve_home(home)
     mv = Registry(home).resolve(model_ref)
     info = mv.info
@@ -170,6 +137,10 @@ def evaluate(
     spec = dataset or info.get("dataset")
     if not spec:
         raise ValueError(f"model {mv.ref} names no dataset in model.json; pass one: --dataset SPEC")
+    kind = domain(spec)
+    gain_k = [int(k) for k in (gain_k if gain_k is not None else GAIN_DEFAULT_K[kind])]
+    if fast:
+        gain_k = [10] if 10 in gain_k else gain_k[:1]
     size = int(ckpt.config.image_size)
     train, test = _check_dataset(spec, ckpt, size)
     C, classes = train.num_classes, list(train.classes)
@@ -194,7 +165,7 @@ def evaluate(
 
     # FID and its floor.
     fid_value, floor = fid(f_fake, f_test), fid(f_train, f_test)
-    target, ok = _target("fid", fid_value, model_type, floor)
+    target, ok = target_of("fid", fid_value, model_type, kind, floor=floor)
     out["fid"] = {
         "value": fid_value,
         "floor": floor,
@@ -229,7 +200,7 @@ def evaluate(
 
     # Label fidelity.
     lf = label_fidelity(clf, first, labels, classes)
-    target, ok = _target("label_fidelity", lf["mean"], model_type)
+    target, ok = target_of("label_fidelity", lf["mean"], model_type, kind, reference=clf_acc)
     out["label_fidelity"] = {
         "value": lf["mean"],
         "per_class": lf["per_class"],
@@ -264,7 +235,7 @@ def evaluate(
         "pass": None,
         "protocol": cas_proto + "; 'real' = same classifier on the real train split",
     }
-    target, ok = _target("cas_ratio", ratio, model_type)
+    target, ok = target_of("cas_ratio", ratio, model_type, kind)
     out["cas_ratio"] = {
         "value": ratio,
         "target": target,
@@ -274,7 +245,7 @@ def evaluate(
     }
 
     # The scikit-learn digits protocol.
-    if _is_digits(spec) and size == 8 and train.channels == 1:
+    if kind == "digits" and size == 8 and train.channels == 1:
         n_svc = 100 if fast else 500
         y_svc = torch.arange(C).repeat_interleave(n_svc)  # (C*n_svc,)
         svc = cas_svc(sample_images(model, y_svc, seeds[0], temperature), y_svc, train, test)
@@ -300,7 +271,7 @@ def evaluate(
     # Memorisation: pixel space is the headline.
     mem_px = memorisation(first.flatten(1), train.images.flatten(1), test.images.flatten(1))
     mem_ft = memorisation(f_fake, f_train, f_test)
-    target, ok = _target("memorisation", mem_px["near_copy_rate"], model_type)
+    target, ok = target_of("memorisation", mem_px["near_copy_rate"], model_type, kind)
     out["memorisation"] = {
         "value": mem_px["near_copy_rate"],
         "pixel": mem_px,
@@ -314,61 +285,17 @@ def evaluate(
         f"gets to the train split (tau = {mem_px['threshold']:.4f}); feature-space figures reported too",
     }
 
-    # Augmentation gain.
-    recipe = LOW_DATA_RECIPES[model_type]
-    if fast:
-        recipe = dataclasses.replace(recipe, steps=max(1, recipe.steps // 8))
-    n_synth = 200 if fast else GAIN_SYNTH_PER_CLASS
-    by_k = {}
-    for k in gain_k:
-        by_k[str(k)] = augmentation_gain(
-            spec,
-            model_type,
-            k,
-            seeds,
-            train_fn=train_fn,
-            image_size=size,
-            n_synth_per_class=n_synth,
-            model_config=dataclasses.asdict(ckpt.config),
-            recipe=recipe,
-            classifier_config=dataclasses.replace(classifier_config, translation=0.0),
-            shift_reference=not fast and k == 10,
-            train=train,
-            test=test,
-            log=log,
-        )
-    head_k = "10" if "10" in by_k else next(iter(by_k), None)
-    head = by_k[head_k]["gain_pp"]["mean"] if head_k else None
-    target, ok = _target("augmentation_gain", head if head_k == "10" else None, model_type)
-    gen_text = (
-        "train_fn supplied by the caller"
-        if train_fn is not None
-        else (
-            f"a {model_type} with this model's config trained in-process on those images only for "
-            f"{recipe.steps} steps (lr {recipe.lr:g}"
-            + (
-                f", training images shifted by up to {recipe.data_translation:g} of the side"
-                if recipe.data_translation
-                else ""
-            )
-            + ")"
+    # Augmentation gain, plain and over classical augmentation; long-tailed balancing.
+    out.update(
+        _gain_sections(
+            spec, kind, model_type, ckpt, train, test, seeds, gain_k, fast, train_fn, classifier_config, log
         )
     )
-    head_g = by_k[head_k] if head_k else {}
-    out["augmentation_gain"] = {
-        "value": head,
-        "k": int(head_k) if head_k else None,
-        "std": head_g["gain_pp"]["std"] if head_k else None,
-        "shifted": head_g.get("gain_shifted_pp"),
-        "by_k": by_k,
-        "target": target,
-        "pass": ok,
-        "protocol": f"percentage points of real test accuracy: FeatureCNN on k real train images/class "
-        f"(repeated to ~{GAIN_REAL_SHARE:.0%} of the set) + {n_synth}/class samples of {gen_text}, minus the "
-        f"same classifier (same seed and number of steps, no classical augmentation in either arm) on the "
-        f"k real images only; k in {gain_k}, mean ± std (ddof=1) over seeds {seeds}; headline k={head_k}"
-        + (f" ({gain_text(head_g)})" if head_k else ""),
-    }
+    if long_tail is None:
+        long_tail = not fast and fewest >= 500
+    out["long_tail_gain"] = _long_tail_section(
+        model_type, kind, ckpt, train, test, seeds, long_tail, train_fn, classifier_config, log
+    )
 
     report: dict[str, Any] = {
         **out,
@@ -380,6 +307,7 @@ def evaluate(
         "n_per_class": n_per_class,
         "seeds": seeds,
         "gain_k": gain_k,
+        "targets": kind,
         "fast": bool(fast),
         "temperature": float(temperature),
         "classifier": {
@@ -400,6 +328,141 @@ def evaluate(
     if write:
         report["figures"] = write_report(mv.location, report, first, labels, n_per_class, C)
     return report
+
+
+def _gain_sections(
+    spec: str,
+    kind: str,
+    model_type: str,
+    ckpt,
+    train: ImageDataset,
+    test: ImageDataset,
+    seeds: Sequence[int],
+    gain_k: Sequence[int],
+    fast: bool,
+    train_fn: TrainFn | None,
+    classifier_config: ClassifierConfig,
+    log: Log,
+) -> dict[str, Any]:
+    """``augmentation_gain`` (no classical augmentation in either arm) and ``gain_over_classical`` (both
+    arms with the dataset's classical augmentation) at every k in ``gain_k``."""
+    recipe = LOW_DATA_RECIPES[model_type]
+    if fast:
+        recipe = dataclasses.replace(recipe, steps=max(1, recipe.steps // 8))
+    n_synth = 200 if fast else GAIN_SYNTH_PER_CLASS
+    by_k = {}
+    for k in gain_k:
+        by_k[str(k)] = augmentation_gain(
+            spec,
+            model_type,
+            k,
+            seeds,
+            train_fn=train_fn,
+            image_size=int(ckpt.config.image_size),
+            n_synth_per_class=n_synth,
+            model_config=dataclasses.asdict(ckpt.config),
+            recipe=recipe,
+            classifier_config=dataclasses.replace(classifier_config, translation=0.0),
+            classical_reference=not fast,
+            train=train,
+            test=test,
+            log=log,
+        )
+    want = str(GAIN_HEAD_K[kind])
+    head_k = want if want in by_k else next(iter(by_k), None)
+    head_g = by_k[head_k] if head_k else {}
+    gen_text = (
+        "train_fn supplied by the caller"
+        if train_fn is not None
+        else (
+            f"a {model_type} with this model's config trained in-process on those images only for "
+            f"{recipe.steps} steps (lr {recipe.lr:g}"
+            + (
+                f", training images shifted by up to {recipe.data_translation:g} of the side"
+                if recipe.data_translation
+                else ""
+            )
+            + ")"
+        )
+    )
+    arms = (
+        f"FeatureCNN on k real train images/class (repeated to ~{GAIN_REAL_SHARE:.0%} of the set) + "
+        f"{n_synth}/class samples of {gen_text}, minus the same classifier (same seed and number of steps) "
+        f"on the k real images only; k in {list(gain_k)}, mean ± std (ddof=1) over seeds {list(seeds)}"
+    )
+    sections = {}
+    for name, key, with_classical in (
+        ("augmentation_gain", "gain_pp", "no classical augmentation in either arm"),
+        ("gain_over_classical", "gain_classical_pp", "both arms with classical augmentation"),
+    ):
+        head = (head_g.get(key) or {}).get("mean") if head_k else None
+        judged = head if head_k == want else None
+        target, ok = target_of(name, judged, model_type, kind)
+        classical = head_g.get("classical") if name == "gain_over_classical" else None
+        sections[name] = {
+            "value": head,
+            "k": int(head_k) if head_k else None,
+            "std": (head_g.get(key) or {}).get("std") if head_k else None,
+            "by_k": {k: g.get(key) for k, g in by_k.items()},
+            "target": target,
+            "pass": ok,
+            "protocol": f"percentage points of real test accuracy: {arms}; {with_classical}"
+            + (f" ({classical})" if classical else "")
+            + f"; headline k={head_k}"
+            + (f" ({gain_text(head_g)})" if head_k and name == "augmentation_gain" else ""),
+        }
+    sections["augmentation_gain"]["details"] = by_k
+    return sections
+
+
+def _long_tail_section(
+    model_type: str,
+    kind: str,
+    ckpt,
+    train: ImageDataset,
+    test: ImageDataset,
+    seeds: Sequence[int],
+    run: bool,
+    train_fn: TrainFn | None,
+    classifier_config: ClassifierConfig,
+    log: Log,
+) -> dict[str, Any]:
+    """``long_tail_gain``'s report entry (skipped, with the reason, unless ``run``)."""
+    if not run:
+        return {
+            "value": None,
+            "target": target_of("long_tail_gain", None, model_type, kind)[0],
+            "pass": None,
+            "protocol": "skipped: needs >= 500 train images in every class (--long-tail on forces it)",
+        }
+    lt = long_tail_gain(
+        model_type,
+        train,
+        test,
+        seeds,
+        train_fn=train_fn,
+        model_config=dataclasses.asdict(ckpt.config),
+        classifier_config=dataclasses.replace(classifier_config, translation=0.0),
+        log=log,
+    )
+    target, ok = target_of("long_tail_gain", lt["gain_pp"]["mean"], model_type, kind)
+    recipe = LONG_TAIL_RECIPES[model_type]
+    return {
+        "value": lt["gain_pp"]["mean"],
+        "std": lt["gain_pp"]["std"],
+        "oversampled": lt["oversampled"],
+        "topped_up": lt["topped_up"],
+        "per_seed": lt["per_seed"],
+        "target": target,
+        "pass": ok,
+        "protocol": f"balanced accuracy (mean per-class recall) on the {len(test)} real test images, in pp: "
+        f"{RARE_CLASSES} classes (chosen by seed) cut to {RARE_KEEP:.0%} of their train images; a "
+        f"{model_type} with this model's config trained in-process on that long-tailed set only "
+        f"({recipe.steps} steps, lr {recipe.lr:g}); FeatureCNN on the set topped up with samples of the "
+        f"rare classes to the largest class's size, minus the same classifier (same seed, steps and "
+        f"{lt['classical']}) on the set with the rare classes oversampled to that size; mean ± std "
+        f"(ddof=1) over seeds {list(seeds)}",
+    }
 
 
 def quick_summary(
@@ -507,7 +570,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fast", action="store_true", help="smoke run: 1 seed, 50 samples/class, k=10 only")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     p.add_argument("--per-class", type=int, default=200, help="samples per class per seed (default 200)")
-    p.add_argument("--gain-k", default="5,10,50", help="real images per class for the gain (default 5,10,50)")
+    p.add_argument(
+        "--gain-k",
+        default=None,
+        help="real images per class for the gain (default 5,10,50 on digits, 10,50,200 elsewhere)",
+    )
+    p.add_argument(
+        "--long-tail",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="long-tailed balancing protocol (auto: on when every class has >= 500 train images)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -518,8 +591,9 @@ def run(args: argparse.Namespace) -> int:
         dataset=args.dataset,
         n_per_class=args.per_class,
         seeds=_int_list(args.seeds, "--seeds"),
-        gain_k=_int_list(args.gain_k, "--gain-k"),
+        gain_k=_int_list(args.gain_k, "--gain-k") if args.gain_k is not None else None,
         fast=args.fast,
+        long_tail={"auto": None, "on": True, "off": False}[args.long_tail],
         log=lambda s: print(s, file=sys.stderr, flush=True),
     )
     rows = [r[:4] for r in report_rows(report)]

@@ -358,6 +358,25 @@ def lineage(mv: ModelVersion) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- standalone Ray job
 
 
+def finalize_job(
+    spec: JobSpec, job_id: str, mv: ModelVersion, infos: Sequence[Mapping[str, Any]], duration_s: float
+) -> dict[str, Any]:
+    """Commit a generation job's dataset (``finalize_dataset``): the request, the model's lineage and,
+    with a filter, its acceptance summed over the shards. Returns the manifest."""
+    summary = (
+        label_filter.summarize([i.get("filter") or {} for i in infos], spec.classes) if spec.filter else None
+    )
+    return finalize_dataset(
+        spec.output,
+        {"job_id": job_id, **spec.to_dict()},
+        lineage(mv),
+        list(infos),
+        spec.classes,
+        duration_s,
+        filter_summary=summary,
+    )
+
+
 def run_job_with_ray_tasks(
     spec: JobSpec,
     job_id: str,
@@ -398,17 +417,7 @@ def run_job_with_ray_tasks(
             done[int(info["shard"])] = info
             progress(f"shard {info['shard'] + 1}/{spec.num_shards} committed ({len(done)}/{spec.num_shards})")
     cleanup_temp(spec.output)  # left by a task whose worker died mid-write (its retry wrote the shard)
-    return finalize_dataset(
-        spec.output,
-        {"job_id": job_id, **spec.to_dict()},
-        lineage(mv),
-        [done[k] for k in sorted(done)],
-        spec.classes,
-        duration_s=time.perf_counter() - started,
-        filter_summary=label_filter.summarize([i.get("filter") or {} for i in done.values()], spec.classes)
-        if spec.filter
-        else None,
-    )
+    return finalize_job(spec, job_id, mv, [done[k] for k in sorted(done)], time.perf_counter() - started)
 
 
 def _existing_shards(spec: JobSpec) -> list[dict[str, Any]]:

@@ -8,6 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
+from torch import nn
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -185,3 +187,20 @@ def s3_root(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("GENAUG_STATE_DIR", str(tmp_path / "genaug-state"))
     return f"s3://{s3_server.make_bucket()}/root"
+
+
+class ReplayGenerator(nn.Module):
+    """A fake generator: 'samples' are real images of the requested class from a fixed pool."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, noise_dim: int = 4):
+        super().__init__()
+        self.anchor = nn.Parameter(torch.zeros(()))  # generate_uint8 asks for the device
+        self.pool, self.pool_labels, self.noise_dim = images, labels, noise_dim
+
+    @torch.no_grad()
+    def sample(self, labels, generator=None, temperature=1.0, noise=None):
+        pick = []
+        for i, y in enumerate(labels.tolist()):
+            idx = torch.nonzero(self.pool_labels == y).flatten()
+            pick.append(self.pool[idx[i % len(idx)]])
+        return torch.stack(pick)

@@ -51,6 +51,7 @@ class ClassifierConfig:
     min_steps: int = 400  # small sets (digits, k images per class) still get a full schedule
     max_steps: int = 4000  # large sets (MNIST) stop here (about 4 epochs of MNIST)
     translation: float = 0.1  # random shift augmentation, fraction of the side (1 px at 8x8, 3 at 28)
+    hflip: bool = False  # random horizontal flips (classical augmentation where a mirror keeps the label)
     seed: int = 0  # seed of the cached feature classifier
     threads: int = 1  # torch threads while training: CPU results depend on it, so it is pinned
 
@@ -119,7 +120,8 @@ def train_classifier(
     """Train a ``FeatureCNN`` on ``images`` (N, C, S, S) in [-1, 1]; same inputs and seed, same weights.
 
     AdamW with a one-cycle schedule for ``config.steps_for(N)`` steps of shuffled batches, random shifts
-    (``diff_augment`` translation) on every batch; one CPU thread, deterministic algorithms.
+    (``diff_augment`` translation) on every batch and, with ``hflip``, a random half of each batch
+    mirrored; one CPU thread, deterministic algorithms.
     """
     if len(images) != len(labels) or len(images) == 0:
         raise ValueError(
@@ -146,6 +148,9 @@ def train_classifier(
                 if config.translation
                 else images[idx]
             )
+            if config.hflip:
+                mirror = torch.rand(len(x)) < 0.5  # (B,)
+                x = torch.where(mirror[:, None, None, None], x.flip(-1), x)  # (B, C, S, S)
             loss = F.cross_entropy(net(x), labels[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -1,8 +1,9 @@
 """Augmentation gain: k real images per class vs the same plus samples of a generator trained on those k only.
 
 The generator is trained in process (``train_generator``, ``LOW_DATA_RECIPES``), the classifier is
-the domain CNN without hand-made augmentation, and the classical-augmentation reference trains it with
-random shifts; each figure is a mean ± std over seeds."""
+the domain CNN without hand-made augmentation, and the classical-augmentation reference trains both arms
+with random crops (shifts) and, where a mirror keeps the label, flips (``classical_augmentation``); each
+figure is a mean ± std over seeds."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from jobs.data.images import ImageDataset
-from jobs.data.spec import load_dataset
+from jobs.data.spec import load_dataset, parse_spec
 from jobs.metrics.classifier import GAIN_CLASSIFIER, ClassifierConfig, Log, deterministic, mean_std, quiet
 from jobs.metrics.fidelity import cas
 from models.blocks import diff_augment
@@ -159,7 +160,23 @@ GAIN_SYNTH_PER_CLASS = 1000  # generated images per class added to the k real on
 GAIN_REAL_SHARE = 0.5
 
 
-SHIFT = 0.1  # the classical-augmentation comparison: random shifts of up to 10 % of the side
+SHIFT = 0.1  # the classical-augmentation comparison: random shifts (crops) of up to 10 % of the side
+# Sources whose labels survive a horizontal mirror (a mirrored digit is another glyph; a mirrored shoe,
+# shape or truck is still one): the classical reference flips these too.
+FLIP_SAFE = ("fashion-mnist", "cifar10", "shapes")
+
+
+def classical_augmentation(spec: str, config: ClassifierConfig = GAIN_CLASSIFIER) -> ClassifierConfig:
+    """``config`` with the classical augmentation of the dataset ``spec``: random shifts of up to ``SHIFT``
+    of the side (a random crop of an edge-padded image), plus horizontal flips for ``FLIP_SAFE`` sources."""
+    return dataclasses.replace(config, translation=SHIFT, hflip=parse_spec(spec)[0] in FLIP_SAFE)
+
+
+def classical_text(config: ClassifierConfig) -> str:
+    """``random shifts of up to 10 % of the side + horizontal flips`` (what ``config`` augments with)."""
+    return f"random shifts of up to {config.translation:.0%} of the side" + (
+        " + horizontal flips" if config.hflip else ""
+    )
 
 
 def real_repeats(n_real: int, n_synth: int, real_share: float = GAIN_REAL_SHARE) -> int:
@@ -182,7 +199,7 @@ def augmentation_gain(
     model_config: Mapping[str, Any] | None = None,
     recipe: LowDataRecipe | None = None,
     classifier_config: ClassifierConfig = GAIN_CLASSIFIER,
-    shift_reference: bool = True,
+    classical_reference: bool = True,
     train: ImageDataset | None = None,
     test: ImageDataset | None = None,
     log: Log = quiet,
@@ -200,8 +217,9 @@ def augmentation_gain(
     The step count of both arms is ``classifier_config.steps_for(len(b))`` (the larger set's), so the two
     classifiers differ only in their data. The default ``classifier_config`` (``GAIN_CLASSIFIER``) uses
     no classical augmentation in either arm, so the gain is what the generator adds to plain training.
-    ``shift_reference`` repeats both arms with random shifts (``SHIFT``) on every batch: the gain over
-    a classifier that already uses classical augmentation (``*_shifted``). Returns per-seed numbers and
+    ``classical_reference`` repeats both arms with the dataset's classical augmentation
+    (``classical_augmentation``: random crops, flips where safe) on every batch: the gain over a
+    classifier that already uses classical augmentation (``*_classical``). Returns per-seed numbers and
     mean/std (ddof=1) over seeds, accuracies in [0, 1], gains also in pp.
     """
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
@@ -219,7 +237,7 @@ def augmentation_gain(
     reps = real_repeats(k * C, n_synth, real_share)
     steps = classifier_config.steps_for(reps * k * C + n_synth)
     plain = dataclasses.replace(classifier_config, min_steps=steps, max_steps=steps)
-    shifted = dataclasses.replace(plain, translation=SHIFT)
+    classical = classical_augmentation(spec, plain)
     rows = []
     for seed in seeds:
         idx = pick_per_class(train.labels, k, seed, C)
@@ -231,7 +249,9 @@ def augmentation_gain(
         x_mix = torch.cat([x_real.repeat(reps, 1, 1, 1), x_syn])  # (reps*k*C + C*n, C, H, W)
         y_mix = torch.cat([y_real.repeat(reps), y_syn])
         row: dict[str, Any] = {"seed": int(seed)}
-        for suffix, cfg in (("", plain), ("_shifted", shifted)) if shift_reference else (("", plain),):
+        for suffix, cfg in (
+            (("", plain), ("_classical", classical)) if classical_reference else (("", plain),)
+        ):
             row["real_only" + suffix] = cas(x_real, y_real, test.images, test.labels, seed, C, cfg)
             row["augmented" + suffix] = cas(x_mix, y_mix, test.images, test.labels, seed, C, cfg)
             row["gain" + suffix] = row["augmented" + suffix] - row["real_only" + suffix]
@@ -243,12 +263,19 @@ def augmentation_gain(
         return dict(zip(("mean", "std"), mean_std([r[key] for r in rows]), strict=True))
 
     out: dict[str, Any] = {"k": k, "seeds": [int(s) for s in seeds]}
-    for key in ("real_only", "augmented", "gain", "real_only_shifted", "augmented_shifted", "gain_shifted"):
+    for key in (
+        "real_only",
+        "augmented",
+        "gain",
+        "real_only_classical",
+        "augmented_classical",
+        "gain_classical",
+    ):
         out[key] = stat(key)
     out["gain_pp"] = {"mean": 100 * out["gain"]["mean"], "std": 100 * out["gain"]["std"]}
-    out["gain_shifted_pp"] = (
-        {"mean": 100 * out["gain_shifted"]["mean"], "std": 100 * out["gain_shifted"]["std"]}
-        if out["gain_shifted"]
+    out["gain_classical_pp"] = (
+        {"mean": 100 * out["gain_classical"]["mean"], "std": 100 * out["gain_classical"]["std"]}
+        if out["gain_classical"]
         else None
     )
     out.update(
@@ -258,6 +285,7 @@ def augmentation_gain(
         real_share=reps * k * C / (reps * k * C + n_synth),
         classifier_steps=steps,
         classifier=dataclasses.asdict(plain),
+        classical=classical_text(classical) if classical_reference else None,
     )
     return out
 
@@ -267,10 +295,10 @@ def augmentation_gain(
 
 def gain_text(g: Mapping[str, Any]) -> str:
     text = f"real only {g['real_only']['mean']:.4f}, with samples {g['augmented']['mean']:.4f}"
-    if g.get("gain_shifted"):
+    if g.get("gain_classical"):
         text += (
-            f"; both arms with random shifts: real only {g['real_only_shifted']['mean']:.4f}, with samples "
-            f"{g['augmented_shifted']['mean']:.4f}, gain {g['gain_shifted_pp']['mean']:+.2f} ± "
-            f"{g['gain_shifted_pp']['std']:.2f} pp"
+            f"; both arms with {g['classical']}: real only {g['real_only_classical']['mean']:.4f}, with "
+            f"samples {g['augmented_classical']['mean']:.4f}, gain {g['gain_classical_pp']['mean']:+.2f} ± "
+            f"{g['gain_classical_pp']['std']:.2f} pp"
         )
     return text

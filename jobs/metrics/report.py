@@ -28,6 +28,8 @@ METRICS = (
     "cas_svc",
     "memorisation",
     "augmentation_gain",
+    "gain_over_classical",
+    "long_tail_gain",
 )
 EVAL_FILES = ("eval.json", "eval.md", "eval_samples.png", "eval_curves.png", "eval_metrics.png")
 
@@ -55,10 +57,13 @@ def report_rows(report: Mapping[str, Any]) -> list[list[str]]:
         value = _fmt(m.get("value"))
         if name == "fid":
             value += f" (floor {_fmt(m.get('floor'))})"
-        elif name == "augmentation_gain" and m.get("value") is not None:
+        elif name in ("augmentation_gain", "gain_over_classical") and m.get("value") is not None:
             value = f"{m['value']:+.2f} ± {m.get('std') or 0:.2f} pp (k={m.get('k')})"
-            if m.get("shifted"):
-                value += f"; both arms shifted: {m['shifted']['mean']:+.2f} ± {m['shifted']['std']:.2f} pp"
+            by_k = (m.get("by_k") or {}).items()
+            others = [f"k={k}: {g['mean']:+.2f}" for k, g in by_k if g and k != str(m["k"])]
+            value += f"; {', '.join(others)}" if others else ""
+        elif name == "long_tail_gain" and m.get("value") is not None:
+            value = f"{m['value']:+.2f} ± {m.get('std') or 0:.2f} pp"
         elif name == "memorisation" and m.get("value") is not None:
             value = f"{100 * m['value']:.2f} %"
         elif name == "cas_svc" and m.get("value") is not None:

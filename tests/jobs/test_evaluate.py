@@ -17,6 +17,7 @@ from jobs.data.spec import load_dataset
 from jobs.metrics import classifier, distances, fidelity, gain
 from jobs.store.registry import Registry
 from models.checkpoint import build_model, checkpoint_hash, save_checkpoint
+from tests.conftest import ReplayGenerator
 
 # A cheap classifier for tests that only need "a classifier" (not the >= 0.97 one).
 CHEAP = classifier.ClassifierConfig(width=8, feature_dim=32, min_steps=100, max_steps=100)
@@ -204,23 +205,6 @@ def test_domain_classifier_reaches_097_on_digits_and_is_cached(eval_home, digits
 # ----------------------------------------------------------------------------- augmentation gain
 
 
-class ReplayGenerator(nn.Module):
-    """A fake generator: 'samples' are real images of the requested class from a fixed pool."""
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, noise_dim: int = 4):
-        super().__init__()
-        self.anchor = nn.Parameter(torch.zeros(()))  # generate_uint8 asks for the device
-        self.pool, self.pool_labels, self.noise_dim = images, labels, noise_dim
-
-    @torch.no_grad()
-    def sample(self, labels, generator=None, temperature=1.0, noise=None):
-        pick = []
-        for i, y in enumerate(labels.tolist()):
-            idx = torch.nonzero(self.pool_labels == y).flatten()
-            pick.append(self.pool[idx[i % len(idx)]])
-        return torch.stack(pick)
-
-
 def test_augmentation_gain_positive_for_extra_real_data_negative_for_noise(digits):
     train, test = digits
     seen = []
@@ -235,7 +219,7 @@ def test_augmentation_gain_positive_for_extra_real_data_negative_for_noise(digit
         return gen
 
     common = dict(
-        n_synth_per_class=40, classifier_config=CHEAP, train=train, test=test, shift_reference=False
+        n_synth_per_class=40, classifier_config=CHEAP, train=train, test=test, classical_reference=False
     )
     good = gain.augmentation_gain("digits", "cgan", 2, [0, 1], train_fn=replay, **common)
     assert seen == [(20, [2] * 10, 0), (20, [2] * 10, 1)]  # k per class, one generator per seed
@@ -243,17 +227,18 @@ def test_augmentation_gain_positive_for_extra_real_data_negative_for_noise(digit
         100 * good["gain"]["mean"]
     )
     assert len(good["per_seed"]) == 2 and good["gain"]["std"] >= 0
-    assert good["gain_shifted"] is None and good["gain_shifted_pp"] is None
+    assert good["gain_classical"] is None and good["gain_classical_pp"] is None
     # 20 real images repeated 20 times next to 400 samples: half of the mixed set
     assert good["real_repeats"] == 20 and good["real_share"] == pytest.approx(0.5)
     assert good["classifier_steps"] == CHEAP.steps_for(800)  # both arms: the same number of steps
     bad = gain.augmentation_gain(
-        "digits", "cgan", 2, [0], train_fn=noise, **{**common, "shift_reference": True}
+        "digits", "cgan", 2, [0], train_fn=noise, **{**common, "classical_reference": True}
     )
     assert bad["gain"]["mean"] < 0
     row = bad["per_seed"][0]
-    assert 0.1 < row["real_only_shifted"] <= 1 and bad["gain_shifted"]["mean"] < 0
-    assert row["gain_shifted"] == pytest.approx(row["augmented_shifted"] - row["real_only_shifted"])
+    assert 0.1 < row["real_only_classical"] <= 1 and bad["gain_classical"]["mean"] < 0
+    assert row["gain_classical"] == pytest.approx(row["augmented_classical"] - row["real_only_classical"])
+    assert bad["classical"] == "random shifts of up to 10% of the side"  # digits: no flips
     with pytest.raises(ValueError, match="fewer than k=500"):
         gain.augmentation_gain("digits", "cgan", 500, [0], train_fn=replay, **common)
 
