@@ -33,6 +33,7 @@ import torch
 from jobs.entry import job_main
 from jobs.metrics import label_filter
 from jobs.metrics.label_filter import FILTERS, check_filter
+from jobs.metrics.report import card_summary
 from jobs.rayinit import ray_session
 from jobs.store import png, shards
 from jobs.store.location import location, resolve_home, validate_name
@@ -342,8 +343,13 @@ def run_shard(
 
 
 def lineage(mv: ModelVersion) -> dict[str, Any]:
-    """What made a dataset: the model version, its checkpoint hash and its training data."""
+    """What made a dataset: the model version, its checkpoint hash, its training data and, when the
+    version was evaluated (``genaug eval``), what its samples are worth to a classifier."""
     info = mv.info
+    try:
+        evaluation = card_summary((mv.location / "eval.json").read_json())
+    except FileNotFoundError:
+        evaluation = None
     return {
         "model": mv.ref,
         "name": mv.name,
@@ -352,6 +358,7 @@ def lineage(mv: ModelVersion) -> dict[str, Any]:
         "checkpoint_sha256": info.get("checkpoint_sha256"),
         "training_data": info.get("data"),
         "model_path": mv.uri,
+        "evaluation": evaluation,
     }
 
 

@@ -210,3 +210,40 @@ def _jsonable(obj: Any) -> Any:
     if isinstance(obj, list | tuple):
         return [_jsonable(v) for v in obj]
     return obj
+
+
+def card_summary(report: Mapping[str, Any]) -> dict[str, Any]:
+    """What a dataset card says about its model's value (from the model's ``eval.json``): the headline
+    figures with their targets, the gain over classical augmentation at every k, the long-tail gain."""
+
+    def pp(stat: Mapping[str, Any] | None) -> str | None:
+        return f"{stat['mean']:+.2f} ± {stat['std']:.2f} pp" if stat else None
+
+    def value(name: str) -> Any:
+        return (report.get(name) or {}).get("value")
+
+    def by_k(name: str) -> dict[str, str | None]:  # in k order (eval.json stores keys sorted as text)
+        stats = (report.get(name) or {}).get("by_k") or {}
+        return {k: pp(stats[k]) for k in sorted(stats, key=int)}
+
+    lt = report.get("long_tail_gain") or {}
+    return {
+        "evaluated_on": f"{report.get('dataset')} test, seeds {report.get('seeds')}"
+        + (" (FAST smoke run)" if report.get("fast") else ""),
+        "classifier_test_accuracy": (report.get("classifier") or {}).get("test_accuracy"),
+        "label_fidelity": value("label_fidelity"),
+        "cas_ratio": value("cas_ratio"),
+        "fid": value("fid"),
+        "fid_floor": (report.get("fid") or {}).get("floor"),
+        "near_copies": value("memorisation"),
+        "gain_over_classical_by_k": by_k("gain_over_classical"),
+        "gain_without_augmentation_by_k": by_k("augmentation_gain"),
+        "long_tail_gain": pp({"mean": lt["value"], "std": lt.get("std") or 0.0})
+        if lt.get("value") is not None
+        else None,
+        "protocols": {
+            name: (report.get(name) or {}).get("protocol")
+            for name in ("gain_over_classical", "long_tail_gain")
+            if (report.get(name) or {}).get("protocol")
+        },
+    }

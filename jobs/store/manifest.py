@@ -89,7 +89,8 @@ def render_card(manifest: dict[str, Any]) -> str:
         },
         "tags": ["synthetic", "genaug"],
     }
-    lineage = manifest.get("lineage", {})
+    lineage = dict(manifest.get("lineage", {}))
+    evaluation = lineage.pop("evaluation", None)
     lines = [
         "---",
         yaml.safe_dump(header, sort_keys=False, allow_unicode=True).rstrip(),
@@ -104,6 +105,19 @@ def render_card(manifest: dict[str, Any]) -> str:
         "",
     ]
     lines += [f"- **{k}**: `{json.dumps(v) if not isinstance(v, str) else v}`" for k, v in lineage.items()]
+    lines += ["", "## How much the model's samples help a classifier", ""]
+    if evaluation:
+        lines += [f"From the model version's `eval.md` ({evaluation.get('evaluated_on')}):", ""]
+        for key, val in evaluation.items():
+            if key in ("evaluated_on", "protocols") or val in (None, {}):
+                continue
+            shown = ", ".join(f"k={k}: {v}" for k, v in val.items()) if isinstance(val, dict) else val
+            lines.append(f"- **{key}**: {shown}")
+        lines += [""] + [f"- *{k}*: {p}" for k, p in (evaluation.get("protocols") or {}).items()]
+    else:
+        lines.append(
+            "Not evaluated yet: run `genaug eval --model NAME:vN`, then new datasets carry its figures."
+        )
     lines += [
         "",
         "Every row carries `model` (name:version) and `seed` (the shard seed that reproduces it); "

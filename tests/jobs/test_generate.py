@@ -8,12 +8,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from jobs.generate import JobSpec, ShardTask, main, parse_counts, validate_request
+from jobs.generate import JobSpec, ShardTask, lineage, main, parse_counts, validate_request
 from jobs.store import shards
-from jobs.store.manifest import verify_dataset
+from jobs.store.location import write_json_atomic
+from jobs.store.manifest import render_card, verify_dataset
 from jobs.store.registry import Registry
 from models.checkpoint import load_checkpoint
 from models.sampling import generate_many_uint8, generate_uint8
+from tests.conftest import register_untrained
 
 CLASSES = ("zero", "one", "two")
 
@@ -158,3 +160,42 @@ def test_python_dash_m_entry_point_runs_on_ray(model_home):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     df = pd.read_parquet(Path(model_home) / "datasets" / "j-dash-m" / "data")
     assert df.label.value_counts().to_dict() == {k: 3 for k in range(10)}
+
+
+def test_a_dataset_card_says_what_the_evaluated_model_is_worth(tmp_path):
+    """lineage() carries the version's eval.json figures; the dataset card shows them with protocols."""
+    register_untrained(tmp_path, "carded", "cvae")
+    mv = Registry(tmp_path).resolve("carded")
+    assert lineage(mv)["evaluation"] is None
+    assert "Not evaluated yet" in render_card({**_card_manifest(), "lineage": lineage(mv)})
+    report = {
+        "dataset": "fashion-mnist:/d",
+        "seeds": [0, 1, 2],
+        "fast": False,
+        "classifier": {"test_accuracy": 0.91},
+        "label_fidelity": {"value": 0.93},
+        "cas_ratio": {"value": 0.97},
+        "fid": {"value": 4.0, "floor": 1.0},
+        "memorisation": {"value": 0.001},
+        "gain_over_classical": {
+            "by_k": {"10": {"mean": 4.5, "std": 1.0}, "50": {"mean": 2.25, "std": 0.5}, "200": None},
+            "protocol": "both arms with classical augmentation",
+        },
+        "augmentation_gain": {"by_k": {"10": {"mean": 9.0, "std": 2.0}}},
+        "long_tail_gain": {"value": 6.0, "std": 1.5, "protocol": "balanced accuracy"},
+    }
+    write_json_atomic(mv.location / "eval.json", report)
+    ev = lineage(mv)["evaluation"]
+    assert ev["gain_over_classical_by_k"] == {"10": "+4.50 ± 1.00 pp", "50": "+2.25 ± 0.50 pp", "200": None}
+    assert ev["long_tail_gain"] == "+6.00 ± 1.50 pp" and ev["classifier_test_accuracy"] == 0.91
+    card = render_card({**_card_manifest(), "lineage": lineage(mv)})
+    assert "## How much the model's samples help a classifier" in card
+    assert "fashion-mnist:/d test, seeds [0, 1, 2]" in card
+    assert "- **gain_over_classical_by_k**: k=10: +4.50 ± 1.00 pp, k=50: +2.25 ± 0.50 pp, k=200: None" in card
+    assert "- *long_tail_gain*: balanced accuracy" in card
+    assert "evaluation" not in card.split("## Lineage")[1].split("## How much")[0]  # not a lineage bullet
+
+
+def _card_manifest() -> dict:
+    totals = {"rows": 2, "shards": 1, "bytes": 10, "uncompressed_bytes": 20, "per_class": {"0": 2}}
+    return {"classes": ["0"], "totals": totals, "created_at": "now", "duration_s": 1.0, "request": {}}
