@@ -18,9 +18,10 @@ own filesystem from its own environment, so no credentials travel) and joins onl
 names (:meth:`Location.join`, :meth:`Location.confine`).
 
 Commit semantics. ``write_bytes`` never leaves a partial object under the final name: on local disk
-(and any filesystem that can rename) it writes a temporary file beside the target, fsyncs it and
-renames it; on S3/GCS a single upload is atomic (the object appears only once the upload completed),
-so it writes the final key directly. Multi-file artefacts add a commit marker written last: a dataset's
+it writes a temporary file beside the target, fsyncs it, renames it and fsyncs the folder, so the
+commit survives a power cut (``jobs.store.atomic.commit_rename``); on S3/GCS a single upload is atomic
+(the object appears only once the upload completed), so it writes the final key directly.
+Multi-file artefacts add a commit marker written last: a dataset's
 ``manifest.json`` then ``_SUCCESS`` (``jobs.store.shards``), a model version's ``model.json``
 (``jobs.store.registry``); readers treat anything without its marker as not committed.
 
@@ -50,7 +51,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from jobs.store.atomic import join_path, json_bytes, put_atomic, read_bytes, write_local_atomic
+from jobs.store.atomic import join_path, json_bytes, put_atomic, read_bytes
 
 DEFAULT_HOME = "./genaug-data"
 
@@ -325,10 +326,7 @@ class Location:
 
     def write_bytes(self, data: bytes) -> None:
         """Write atomically (see the module docstring): readers see the old file or the whole new one."""
-        if self.is_local:
-            write_local_atomic(Path(self.path), bytes(data))
-        else:
-            put_atomic(self.fs, self.path, data)
+        put_atomic(self.fs, self.path, data)
 
     def write_text(self, text: str) -> None:
         self.write_bytes(text.encode())

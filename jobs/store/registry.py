@@ -5,7 +5,9 @@ A version directory holds the checkpoint (``config.json``, ``weights.pt``, ``cla
 ``samples.png`` (one row per class). A version is published only when whole; published versions
 never change (evaluation only adds its ``eval.*`` files):
 
-- on a local root it is built in a hidden temporary directory and published with one atomic rename;
+- on a local root it is built in a hidden temporary directory and published with one atomic rename,
+  durably: every file and the directory are fsynced before the rename, ``models/<name>/`` after it
+  (``jobs.store.atomic.commit_rename``), so a version that was reported published survives a power cut;
 - on an object-store root (``s3://``, ``gs://``; see ``jobs.store.location``) its files are uploaded into
   ``v<k>/`` one by one and ``model.json`` is uploaded *last*: it is the commit marker, and a ``v<k>/``
   without it (an upload in progress, or one that crashed) is not a version. Object stores have no
@@ -29,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from jobs.store.atomic import commit_rename, make_dirs
 from jobs.store.location import Location, location, resolve_home, validate_name, write_json_atomic
 from models.checkpoint import (
     CHECKPOINT_FILES,
@@ -252,7 +255,7 @@ class Registry:
     def _register_local(
         self, name: str, folder: Path, fill: Callable[[Path], dict[str, Any]]
     ) -> ModelVersion:
-        folder.mkdir(parents=True, exist_ok=True)
+        make_dirs(folder)
         tmp = folder / f".tmp-{uuid.uuid4().hex}"
         tmp.mkdir()
         try:
@@ -262,7 +265,7 @@ class Registry:
                 info.update(name=name, version=version, ref=f"{name}:v{version}")
                 write_json_atomic(tmp / MODEL_JSON, info)
                 try:
-                    os.rename(tmp, folder / f"v{version}")  # fails if another writer took v<k>
+                    commit_rename(tmp, folder / f"v{version}")  # fails if another writer took v<k>
                     break
                 except OSError:
                     if not (folder / f"v{version}").exists():

@@ -378,23 +378,15 @@ def test_failed_move_leaves_no_temp_and_no_final_file(tmp_path: Path) -> None:
     assert list((tmp_path / "data").iterdir()) == []
 
 
-def test_failed_move_on_local_filesystem_cleans_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_rename_on_local_disk_cleans_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     seen = []
 
-    def boom(fs, path, data):  # wrap the real writer, failing at the move step
-        class Failing:
-            def __getattr__(self, name):
-                return getattr(fs, name)
+    def boom(src, dst):  # the commit's rename fails
+        seen.append(src)
+        assert Path(src).stat().st_size > 0  # the temp file was fully written ...
+        raise OSError("disk full")
 
-            def move(self, src, dst):
-                seen.append(src)
-                assert Path(src).exists()  # the temp file was fully written ...
-                raise OSError("disk full")
-
-        return real(Failing(), path, data)
-
-    real = atomic.put_atomic
-    monkeypatch.setattr(atomic, "put_atomic", boom)
+    monkeypatch.setattr(atomic.os, "replace", boom)
     pngs, labels, seed, _ = _shard_inputs(0, [2, 2, 2])
     with pytest.raises(OSError, match="disk full"):
         write_shard(tmp_path, 0, 3, pngs, labels, CLASSES, MODEL, seed)
