@@ -73,6 +73,7 @@ def _service(args: argparse.Namespace):
     """A client of ``$GENAUG_URL`` when set, else the embedded default started for this command."""
     import contextlib
     import os
+    import secrets
 
     from cluster.client import Client
 
@@ -87,8 +88,9 @@ def _service(args: argparse.Namespace):
         from cluster.service import local_service
 
         print("starting the embedded service (local Ray, Serve on 127.0.0.1, SQLite) ...", file=sys.stderr)
-        with local_service(args.home) as url:
-            yield Client(url, token="")
+        token = secrets.token_urlsafe(32)  # its own token, for the API and for $GENAUG_OUTPUT_ROOTS
+        with local_service(args.home, app_args={"api_token": token, "output_token": token}) as url:
+            yield Client(url, token=token)
 
     return embedded()
 

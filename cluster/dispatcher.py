@@ -23,6 +23,7 @@ import logging
 import os
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import pyarrow.fs as pafs
@@ -86,8 +87,14 @@ class QueueOwner:
         self._ensure_loop()
         return {"owner": self.owner, "pid": os.getpid(), "requeued": self.requeued, "home": self.home.uri}
 
-    async def submit(self, request: dict, idempotency_key: str | None = None) -> dict:
-        """Validate ``request`` and queue it; the same ``idempotency_key`` returns the same job."""
+    async def submit(
+        self, request: dict, idempotency_key: str | None = None, output_roots: Sequence[str] = ()
+    ) -> dict:
+        """Validate ``request`` and queue it; the same ``idempotency_key`` returns the same job.
+
+        ``output_roots``: where ``out`` may go besides the storage root, as the caller is allowed
+        (the ingress passes them only for the output token); never read from this actor's environment.
+        """
         await self.ready()
         if idempotency_key:
             existing = self.store.find_by_idempotency_key(idempotency_key)
@@ -95,7 +102,7 @@ class QueueOwner:
                 return {**existing, "existing": True}
         job_id = new_job_id()
         kwargs = {"max_total_rows": self.max_total_rows} if self.max_total_rows else {}
-        spec = validate_request(request, self.home, job_id=job_id, **kwargs)
+        spec = validate_request(request, self.home, job_id=job_id, output_roots=tuple(output_roots), **kwargs)
         return self.store.submit(
             spec.to_dict(),
             job_id=job_id,

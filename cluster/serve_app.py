@@ -33,7 +33,7 @@ from cluster.generator import INLINE_SAMPLES, Generator, ModelUnavailable, Sampl
 from cluster.queue import InvalidTransition, JobNotFound, QueueError
 from jobs.generate import TEMPERATURE_RANGE, parse_counts
 from jobs.metrics.label_filter import FilterRejected
-from jobs.store.location import location, resolve_home
+from jobs.store.location import location, output_roots, resolve_home
 from jobs.store.registry import SAMPLES_PNG, Registry, UnknownModel
 
 DEFAULT_INLINE_CAP = 4096
@@ -82,7 +82,9 @@ class JobRequest(BaseModel):
     counts: dict[str, int] | None = None
     seed: int = Field(0, ge=0, lt=2**63)
     out: str | None = Field(
-        None, description="output directory under the storage root (default datasets/<id>)"
+        None,
+        description="output directory under the storage root (default datasets/<id>), or, with the output "
+        "token, a path or URI under one of the service's output roots (GENAUG_OUTPUT_ROOTS)",
     )
     shard_rows: int | None = Field(None, description="rows per shard (default 10000)")
     temperature: float = Field(1.0, ge=TEMPERATURE_RANGE[0], le=TEMPERATURE_RANGE[1])
@@ -243,6 +245,12 @@ def _summary(mv) -> dict[str, Any]:
     return out
 
 
+def _bearer_digest(authorization: str | None) -> str:
+    """sha256 of the bearer token in an ``Authorization`` header ("" without one)."""
+    scheme, _, token = (authorization or "").partition(" ")
+    return hashlib.sha256(token.strip().encode()).hexdigest() if scheme.lower() == "bearer" else ""
+
+
 def _job_view(job: dict, request: Request) -> dict:
     keep = (
         "id",
@@ -309,12 +317,16 @@ class Ingress:
         max_batch_size: int = 32,
         batch_wait_timeout_s: float = 0.0,
         local_cache_size: int = 0,
+        output_roots: tuple[str, ...] = (),
+        output_token_sha256: str | None = None,
     ):
 
         self.generator = generator
         self.home = resolve_home(home)
         self.registry = Registry(self.home)
         self.token_sha256 = token_sha256
+        # GENAUG_OUTPUT_ROOTS: where `out` may also go, only for requests carrying the output token
+        self.output_roots, self.output_token_sha256 = tuple(output_roots), output_token_sha256
         self.inline_cap = inline_cap
         self.queue = get_queue(self.home, **(queue_options or {}))
         self._generate.set_max_batch_size(max_batch_size)  # 1: one generator call per HTTP request
@@ -332,13 +344,15 @@ class Ingress:
     # -------------------------------------------------------------- auth and helpers
 
     def check_token(self, authorization: str | None) -> None:
-        if not self.token_sha256:
+        if not self.token_sha256 or self._output_token(authorization):
             return
-        given = authorization or ""
-        scheme, _, token = given.partition(" ")
-        digest = hashlib.sha256(token.strip().encode()).hexdigest() if scheme.lower() == "bearer" else ""
-        if not hmac.compare_digest(digest, self.token_sha256):
+        if not hmac.compare_digest(_bearer_digest(authorization), self.token_sha256):
             raise ApiError(401, "unauthorized", "send the API token as 'Authorization: Bearer <token>'")
+
+    def _output_token(self, authorization: str | None) -> bool:
+        """The request carries the output token (it may also write under the output roots)."""
+        want = self.output_token_sha256
+        return bool(want) and hmac.compare_digest(_bearer_digest(authorization), want)
 
     async def _call(self, ref) -> Any:
         try:
@@ -524,7 +538,8 @@ class Ingress:
         """Queue a generation job; 202 with its id. ``Idempotency-Key`` makes retries return the same job."""
         self.check_token(authorization)
         req = body.model_dump(exclude_none=True)
-        job = await self._call(self.queue.submit.remote(req, idempotency_key))
+        roots = self.output_roots if self._output_token(authorization) else ()
+        job = await self._call(self.queue.submit.remote(req, idempotency_key, roots))
         return JSONResponse(_job_view(job, request), status_code=200 if job.get("existing") else 202)
 
     @api.get("/v1/jobs", tags=["jobs"])
@@ -582,11 +597,16 @@ def build_app(args: dict[str, Any] | None = None) -> serve.Application:
     max_in_flight, lease_s, max_total_rows. ``local_inline`` (default on when the generator runs on CPU):
     the ingress answers a lone request of up to ``INLINE_SAMPLES`` samples itself.
     The API token comes from ``GENAUG_API_TOKEN``
-    (only its sha256 travels in the deployment's arguments)."""
+    (only its sha256 travels in the deployment's arguments). ``output_roots`` (default
+    ``$GENAUG_OUTPUT_ROOTS``) are where a job's ``out`` may also go, for requests with ``output_token``
+    (default ``$GENAUG_OUTPUT_TOKEN``; it passes the API token's checks too); without one, nobody may."""
     args = dict(args or {})
     home = resolve_home(args.get("home")).uri
     token = args.get("api_token") or os.environ.get("GENAUG_API_TOKEN")
     token_sha256 = hashlib.sha256(token.encode()).hexdigest() if token else None
+    roots = args.get("output_roots")
+    roots = output_roots(",".join(roots) if isinstance(roots, list | tuple) else roots)
+    output_token = args.get("output_token") or os.environ.get("GENAUG_OUTPUT_TOKEN")
     gpu = float(args.get("gpu_per_replica", 0) or 0)
     local_inline = args.get("local_inline", True)
     if not isinstance(local_inline, bool):
@@ -620,4 +640,6 @@ def build_app(args: dict[str, Any] | None = None) -> serve.Application:
         max_batch_size,
         batch_wait_timeout_s,
         int(args.get("cache_size", 4)) if local_inline and gpu == 0 else 0,
+        tuple(r.uri for r in roots),
+        hashlib.sha256(output_token.encode()).hexdigest() if output_token else None,
     )

@@ -36,7 +36,7 @@ from jobs.metrics.label_filter import FILTERS, check_filter
 from jobs.metrics.report import card_summary
 from jobs.rayinit import ray_session
 from jobs.store import png, shards
-from jobs.store.location import location, resolve_home, validate_name
+from jobs.store.location import confine_output, location, resolve_home, validate_name
 from jobs.store.manifest import cleanup_temp, finalize_dataset
 from jobs.store.registry import ModelVersion, Registry
 from models.sampling import generate_uint8
@@ -178,11 +178,13 @@ def validate_request(
     job_id: str,
     max_total_rows: int = MAX_TOTAL_ROWS,
     allow_existing: bool = False,
+    output_roots: Sequence[str] | None = None,
 ) -> JobSpec:
     """Check a generation request before anything is written; raise ``ValueError`` naming the bad value.
 
     Keys: ``model`` (``NAME[:VERSION]``), ``per_class`` or ``counts``, ``seed``, ``out``/``output``,
-    ``shard_rows``, ``temperature``, ``priority``, ``filter``.
+    ``shard_rows``, ``temperature``, ``priority``, ``filter``. ``out`` stays under the storage root or one
+    of ``output_roots`` (default ``$GENAUG_OUTPUT_ROOTS``; ``jobs.store.location.confine_output``).
     """
     home = resolve_home(home)
     unknown = sorted(set(req) - REQUEST_FIELDS)
@@ -233,7 +235,7 @@ def validate_request(
                 "image_shape) to find its domain classifier; this version has none: ask without a filter"
             )
     out = req.get("out") or req.get("output") or home.join("datasets", validate_name(job_id, "job id")).uri
-    output = home.confine(out)
+    output = confine_output(home, out, output_roots)
     kind = output.info().type
     if kind == pafs.FileType.File or (
         kind == pafs.FileType.Directory and output.list() and not allow_existing

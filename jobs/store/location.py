@@ -489,6 +489,52 @@ def confine(root: str | os.PathLike | Location, candidate: str | os.PathLike | L
     return _confine_local(Path(root), candidate)
 
 
+OUTPUT_ROOTS_ENV = "GENAUG_OUTPUT_ROOTS"
+
+
+def output_roots(spec: str | None = None) -> tuple[Location, ...]:
+    """The output roots: ``spec``, else ``$GENAUG_OUTPUT_ROOTS``: comma-separated local folders or URIs
+    where outputs may go besides the storage root (empty by default). ``ValueError`` names a bad entry."""
+    raw = os.environ.get(OUTPUT_ROOTS_ENV, "") if spec is None else spec
+    roots = []
+    for entry in filter(None, (e.strip() for e in raw.split(","))):
+        try:
+            roots.append(resolve_home(entry))
+        except ValueError as e:
+            raise ValueError(f"{OUTPUT_ROOTS_ENV} entry {entry!r} invalid: {e}") from None
+    return tuple(roots)
+
+
+def confine_output(
+    home: str | os.PathLike | Location | None,
+    candidate: str | os.PathLike | Location,
+    roots: Iterable[str | os.PathLike | Location] | None = None,
+) -> Location:
+    """Where an output may be written: under the storage root (:meth:`Location.confine`), or, for an
+    absolute path or a URI, under one of ``roots`` (default :func:`output_roots`), confined there the same
+    way (no ``..`` out, no symlink out, no other bucket or prefix). Relative names stay relative to the
+    storage root. ``ValueError`` names the storage root and the output roots when nothing takes it."""
+    root = resolve_home(home)
+    extra = output_roots() if roots is None else tuple(resolve_home(r) for r in roots)
+    try:
+        return root.confine(candidate)
+    except ValueError:
+        raw = candidate.uri if isinstance(candidate, Location) else os.fspath(candidate)
+        if not extra:
+            raise
+    if isinstance(raw, str) and (raw.startswith("/") or _SCHEME_RE.match(raw)):
+        for allowed in extra:
+            try:
+                return allowed.confine(raw)
+            except ValueError:
+                continue
+    valid = ", ".join(r.uri for r in (root, *extra))
+    raise ValueError(
+        f"output {raw!r} is under neither the storage root nor an output root ({OUTPUT_ROOTS_ENV}); "
+        f"valid: a relative name, or a path or URI under one of {valid}"
+    )
+
+
 def _confine_local(root: Path, candidate: str | os.PathLike | Location) -> Path:
     root = Path(root).resolve()
     raw = candidate.uri if isinstance(candidate, Location) and candidate.is_local else str(candidate)
