@@ -260,7 +260,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from jobs import datasets, evaluate, generate, train
+    from jobs import audit, datasets, evaluate, generate, train
     from jobs.rayinit import INGRESSES
 
     parser = argparse.ArgumentParser(
@@ -302,6 +302,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_arguments(p)
     p.set_defaults(func=evaluate.run)
+
+    p = sub.add_parser(
+        "audit", parents=[home], help="score a labelled dataset with a cVAE: outliers, suspected label errors"
+    )
+    audit.add_arguments(p)
+    p.set_defaults(func=audit.run)
 
     p = sub.add_parser("datasets", parents=[home], help="list, show or verify generated datasets")
     datasets.add_arguments(p)

@@ -59,8 +59,8 @@ class AuditConfig:
 class AuditScores(NamedTuple):
     """Per-image scores from ``score``; B images, C classes; tensors on the CPU."""
 
-    nll: Tensor  # (B,) nll(x | y) in nats per image, the IWAE bound with K samples
-    class_nll: Tensor  # (B, C) nll(x | c) for every class c
+    nll: Tensor  # (B,) float64 nll(x | y) in nats per image, the IWAE bound with K samples
+    class_nll: Tensor  # (B, C) float64 nll(x | c) for every class c
     posterior: Tensor  # (B, C) p(c | x) with a uniform class prior; rows sum to 1
     suggested: Tensor  # (B,) int64 argmax_c p(c | x)
     label_error: Tensor  # (B,) 1 - p(y | x) in [0, 1]
@@ -169,7 +169,7 @@ def score(
     model = check_cvae(model)
     check_images(model, images, labels)
     labels = labels.cpu().long()
-    nll_all = class_nll(model, images, config)  # (B, C)
+    nll_all = class_nll(model, images, config).double()  # (B, C); float64 so that rows sum to 1 exactly
     posterior = torch.softmax(-nll_all, dim=1)  # uniform class prior
     p_given = posterior.gather(1, labels[:, None])[:, 0]  # (B,)
     others = posterior.scatter(1, labels[:, None], -1.0)  # the given class masked out
