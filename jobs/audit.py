@@ -61,6 +61,7 @@ from models.sampling import denormalize_uint8
 DEFAULT_SHARD_ROWS = shards.DEFAULT_SHARD_ROWS
 REFERENCE_PER_CLASS = 1000  # training images per class behind the outlier percentiles (the first ones)
 REFERENCE_FILE = "reference.json"
+SPEC_FILE = "audit.json"  # the request an output was started with; a resume must match it
 REPORT_FILE = "audit.md"
 OUTLIER_GRID = "outliers.png"
 LABEL_ERROR_GRID = "label_errors.png"
@@ -349,6 +350,20 @@ def fit_reference(spec: AuditSpec, home: Location, progress=print) -> OutlierRef
     return OutlierReference.fit(nll, labels, len(spec.classes), spec.config)
 
 
+def _claim_output(spec: AuditSpec, out: Location) -> None:
+    """Record the request in ``audit.json``; a resumed output must have been started with the same one."""
+    want = {k: v for k, v in spec.to_dict().items() if k != "top"}  # top only shapes the report
+    try:
+        had = {k: v for k, v in out.join(SPEC_FILE).read_json().items() if k != "top"}
+    except FileNotFoundError:
+        out.join(SPEC_FILE).write_json(spec.to_dict())
+        return
+    differ = sorted(k for k in want.keys() | had.keys() if want.get(k) != had.get(k))
+    if differ:
+        shown = ", ".join(f"{k}={had.get(k)!r}" for k in differ)
+        raise ValueError(f"output {spec.output} was started with {shown}; valid: resume with the same flags")
+
+
 def run_audit(
     spec: AuditSpec, job_id: str, ds: ImageDataset, home: str | None = None, progress=print
 ) -> dict[str, Any]:
@@ -357,6 +372,7 @@ def run_audit(
     mv = Registry(root).resolve(spec.model)
     out = location(spec.output)
     started = time.perf_counter()
+    _claim_output(spec, out)
     cleanup_temp(spec.output)
     try:
         reference = OutlierReference.from_dict(out.join(REFERENCE_FILE).read_json())
@@ -431,16 +447,16 @@ def write_report(spec: AuditSpec, rows: pd.DataFrame) -> dict[str, Any]:
         for g in (by_outlier[by_outlier.label == c].head(GRID_PER_CLASS) for c in range(len(spec.classes)))
     ]
     suspects = by_error.head(GRID_LABEL_ERRORS)
-    cols = ["index", "label_name", "suggested_name"]
+    cols = ["index", "label_name", "suggested_name", "label_error"]
     error_cells = _captioned(
-        suspects, [f"#{i} {a}->{b}" for i, a, b in suspects[cols].itertuples(index=False)]
+        suspects, [f"#{i} {a}->{b} {e:.2f}" for i, a, b, e in suspects[cols].itertuples(index=False)]
     )
     error_rows = [error_cells[i : i + 8] for i in range(0, len(error_cells), 8)]
     out.join(OUTLIER_GRID).write_bytes(
         _grid_png(outlier_cells, list(spec.classes), "Top outliers per class (#index, percentile)")
     )
     out.join(LABEL_ERROR_GRID).write_bytes(
-        _grid_png(error_rows, [], "Top suspected label errors (#index given->suggested)")
+        _grid_png(error_rows, [], "Top suspected label errors (#index given->suggested, label-error score)")
     )
     disagree = rows.suggested_label != rows.label
     summary = {

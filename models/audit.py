@@ -261,7 +261,11 @@ class OutlierReference:
                 f"outlier reference has {len(quantiles)} quantile lists for {len(counts)} classes; "
                 "valid: one non-decreasing list per class"
             )
-        return cls(quantiles, counts, AuditConfig(**d["config"]))
+        try:
+            config = AuditConfig(**d["config"])
+        except TypeError as e:
+            raise ValueError(f"outlier reference config {d['config']!r} invalid: {e}") from None
+        return cls(quantiles, counts, config)
 
 
 def _interp(x: Tensor, xp: Tensor, fp: Tensor) -> Tensor:

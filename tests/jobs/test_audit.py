@@ -92,7 +92,7 @@ def test_audit_writes_one_scored_row_per_image_and_the_report(ray_local, audit_h
 
 
 @pytest.mark.slow
-def test_audit_resumes_a_partial_run_with_exactly_one_row_per_image(ray_local, audit_home):
+def test_audit_resumes_a_partial_run_with_exactly_one_row_per_image(ray_local, audit_home, capsys):
     """A run killed after shard 1 was committed (and mid-write of another) resumes without redoing it."""
     req = {"model": "digits-cvae", "dataset": "digits", "samples": 4, "shard_rows": 300, "out": "audits/part"}
     spec, ds = validate_audit(req, str(audit_home), job_id="j-part")
@@ -119,6 +119,9 @@ def test_audit_resumes_a_partial_run_with_exactly_one_row_per_image(ray_local, a
     df = pd.read_parquet(out / "data")
     assert len(df) == N_TRAIN and df["index"].is_unique and set(df["index"]) == set(range(N_TRAIN))
     assert (out / "_SUCCESS").is_file()
+    # resuming with other scoring flags would mix two audits in one folder: refused
+    assert main([*argv, "--samples", "8"]) == 2
+    assert "was started with samples=4; valid: resume with the same flags" in capsys.readouterr().err
     # a completed audit is refused as an output without --job-id, and nothing changes
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
     assert main(_argv(audit_home, "--out", "audits/part")) == 2
