@@ -33,18 +33,14 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-import ray
 import torch
 import yaml
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from jobs.data.images import ImageDataset
 from jobs.data.spec import load_dataset
@@ -57,6 +53,10 @@ from jobs.store.manifest import cleanup_temp, mark_success, write_manifest
 from jobs.store.registry import ModelVersion, Registry
 from models.audit import AuditConfig, OutlierReference, score
 from models.sampling import denormalize_uint8
+
+if TYPE_CHECKING:  # Ray, pandas and matplotlib load when an audit runs, not with `genaug --help`
+    import pandas as pd
+    import ray
 
 DEFAULT_SHARD_ROWS = shards.DEFAULT_SHARD_ROWS
 REFERENCE_PER_CLASS = 1000  # training images per class behind the outlier percentiles (the first ones)
@@ -321,8 +321,17 @@ def _shard_task(
     return write_audit_shard(_load_model(home, s.model), s, shard, images, labels, ref)
 
 
+def _remote(fn):
+    """``fn`` as a Ray task of one CPU, retried 3 times (a rerun writes the same bytes)."""
+    import ray
+
+    return ray.remote(num_cpus=1, max_retries=3)(fn)
+
+
 def _run_tasks(refs: list[ray.ObjectRef], progress, what: str) -> list[Any]:
     """Wait for ``refs`` in completion order, reporting each; results in submission order."""
+    import ray
+
     results: dict[ray.ObjectRef, Any] = {}
     pending = list(refs)
     while pending:
@@ -340,7 +349,7 @@ def fit_reference(spec: AuditSpec, home: Location, progress=print) -> OutlierRef
         [torch.nonzero(ds.labels == c)[:REFERENCE_PER_CLASS, 0] for c in range(len(spec.classes))]
     )
     images, labels = ds.images[keep], ds.labels[keep]  # (R, C, H, W), (R,)
-    remote = ray.remote(num_cpus=1, max_retries=3)(_nll_task)
+    remote = _remote(_nll_task)
     step = spec.shard_rows
     refs = [
         remote.remote(home.uri, spec.to_dict(), images[i : i + step], labels[i : i + step])
@@ -382,7 +391,7 @@ def run_audit(
     done = {k: info for k in range(spec.num_shards) if (info := committed_shard(spec, k))}
     if done:
         progress(f"resuming: {len(done)}/{spec.num_shards} shards already committed")
-    remote = ray.remote(num_cpus=1, max_retries=3)(_shard_task)
+    remote = _remote(_shard_task)
     todo = [k for k in range(spec.num_shards) if k not in done]
     refs = []
     for k in todo:
@@ -400,6 +409,9 @@ def run_audit(
 
 def _grid_png(cells: list[list[tuple[np.ndarray, str]]], row_names: list[str], title: str) -> bytes:
     """A PNG of uint8 images (H, W, C) in rows, each captioned, each row named on its left."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     cols = max([len(r) for r in cells] + [1])
     fig = Figure(figsize=(1.15 * cols + 1.0, 1.3 * max(len(cells), 1) + 0.5), dpi=80)
     FigureCanvasAgg(fig)
