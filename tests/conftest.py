@@ -189,6 +189,84 @@ def s3_root(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     return f"s3://{s3_server.make_bucket()}/root"
 
 
+# ----------------------------------------------------------------------------- a local GCS emulator
+
+
+class GCSServer:
+    """gcp-storage-emulator (PyPI) on 127.0.0.1; ``env`` points pyarrow's GcsFileSystem at it."""
+
+    def __init__(self, port: int):
+        self.endpoint = f"http://127.0.0.1:{port}"
+        self.env = {"STORAGE_EMULATOR_HOST": self.endpoint}
+
+    def make_bucket(self, prefix: str = "genaug") -> str:
+        """Create a fresh bucket (the emulator's JSON API) and return its name."""
+        import json
+        import urllib.request
+        import uuid
+
+        name = f"{prefix}-{uuid.uuid4().hex[:10]}"
+        req = urllib.request.Request(
+            f"{self.endpoint}/storage/v1/b?project=genaug-test",
+            data=json.dumps({"name": name}).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(req, timeout=10):
+            return name
+
+
+@pytest.fixture(scope="session")
+def gcs_server(tmp_path_factory) -> GCSServer:
+    """Start ``gcp-storage-emulator`` (in memory) on a free loopback port for the session."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from jobs.rayinit import free_port
+
+    pytest.importorskip("gcp_storage_emulator", reason="the GCS emulator is a dev extra: pip install .[dev]")
+    port = free_port()
+    log = open(tmp_path_factory.mktemp("gcs") / "gcs.log", "wb")  # noqa: SIM115 - closed below
+    argv = [sys.executable, "-m", "gcp_storage_emulator", "start", "--host=127.0.0.1", f"--port={port}"]
+    proc = subprocess.Popen([*argv, "--in-memory"], stdout=log, stderr=subprocess.STDOUT)
+    server = GCSServer(port)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(f"{server.endpoint}/storage/v1/b?project=genaug-test", timeout=2):
+                break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                log.close()
+                raise RuntimeError(f"GCS emulator did not start on port {port} (see {log.name})") from None
+            time.sleep(0.1)
+    try:
+        yield server
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture
+def gs_root(gcs_server: GCSServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
+    """``gs://<fresh bucket>/root`` with ``STORAGE_EMULATOR_HOST`` pointing this process at the emulator.
+
+    ``GENAUG_STATE_DIR`` (the local side of a URI root: queue database, caches) goes to ``tmp_path``.
+    """
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    for key, value in gcs_server.env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("GENAUG_STATE_DIR", str(tmp_path / "genaug-state"))
+    return f"gs://{gcs_server.make_bucket()}/root"
+
+
 class ReplayGenerator(nn.Module):
     """A fake generator: 'samples' are real images of the requested class from a fixed pool."""
 
