@@ -53,17 +53,16 @@ def _train_ips(
 
 
 def training_rows(home: Path, epochs: int) -> list[Row]:
-    from benchmarks.training import plain_images_per_s
-    from jobs.train import MODEL_DEFAULTS
+    from benchmarks.training import plain_images_per_s, recipe_batch
 
     rows = []
     for kind, dataset in TRAIN_CASES:
-        batch = MODEL_DEFAULTS[kind]["batch_size"]
+        batch = recipe_batch(kind, dataset)
         rows.append(
             Row(
                 f"GPU training img/s, {kind} on {dataset}: Ray Train 1 GPU worker vs plain PyTorch",
                 _train_ips(home, kind, dataset, epochs, 1),
-                plain_images_per_s(kind, epochs, batch, dataset=dataset, device="cuda"),
+                plain_images_per_s(kind, epochs, dataset=dataset, device="cuda"),
                 "img/s",
                 ">= 0.85",
                 f"{card()}; global batch {batch}; bf16",

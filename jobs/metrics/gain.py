@@ -36,7 +36,7 @@ class LowDataRecipe:
     """How the augmentation-gain protocol trains a generator on k images per class (in process).
 
     Counted in optimiser steps, not epochs: with k = 10 a digits epoch is a single batch, so the full-data
-    epoch count (``jobs.train.MODEL_DEFAULTS``) would leave the generator nearly untrained (100 CVAE / 300
+    epoch count (``models.recipes``) would leave the generator nearly untrained (100 CVAE / 300
     CGAN steps: that was the cause of the negative gains first measured).
     """
 

@@ -160,6 +160,31 @@ def test_resume_continues_interrupted_run(ray_local, home):
     assert info["epochs"] == 4 and info["starts"] == [0, 2]
 
 
+def test_time_budget_ends_the_run_checkpointed_and_registered(ray_local, home, capsys):
+    """--time-budget: the run stops when the next epoch would not fit, registers, and says so."""
+    argv = ["train", "--home", str(home), "--model", "cvae", "--dataset", "digits", "--name", "tb"]
+    argv += [
+        "--workers",
+        "1",
+        "--epochs",
+        "100000",
+        "--time-budget",
+        "20s",
+        "--model-config",
+        json.dumps(SMALL),
+    ]
+    assert cli(argv) == 0
+    out = capsys.readouterr().out
+    info = json.loads((home / "models" / "tb" / "v1" / "model.json").read_text())
+    assert info["stopped_by"] == "time budget" and info["time_budget_s"] == 20.0
+    assert 1 <= info["epochs"] < 100_000
+    assert info["train_settings"]["time_budget_s"] == 20.0
+    assert "recipe small" in out and "time budget 20s" in out and "ETA" in out
+    assert f"epoch {info['epochs']:>6}/{info['epochs']}" in out  # the last line shows the planned end
+    hist = json.loads((home / "models" / "tb" / "v1" / "history.json").read_text())
+    assert len(hist) == info["epochs"]
+
+
 @pytest.mark.parametrize(
     "argv, needle",
     [
@@ -177,6 +202,7 @@ def test_resume_continues_interrupted_run(ray_local, home):
             ["--model", "cvae", "--dataset", "digits", "--name", "x", "--model-config", '{"hiden": 3}'],
             "hiden",
         ),
+        (["--model", "cvae", "--dataset", "digits", "--name", "x", "--time-budget", "soon"], "'soon'"),
     ],
 )
 def test_bad_input_is_a_clear_error_and_registers_nothing(home, tmp_path, capsys, argv, needle):

@@ -1,0 +1,40 @@
+"""The epoch plan of a time budget: it stops a run before the deadline, never before the epoch just done."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from jobs.trainer import loop
+from jobs.trainer.loop import EpochPlan
+
+
+def test_without_a_deadline_the_plan_is_the_epochs():
+    plan = EpochPlan(10, None, torch.device("cpu"))
+    for epoch in range(3):
+        plan.after_epoch(epoch, 2.0)
+    assert plan.epochs == 10 and plan.eta_s(2) == 14.0
+
+
+def test_a_deadline_plans_the_epochs_that_fit(monkeypatch):
+    now = [1000.0]
+    monkeypatch.setattr(loop.time, "time", lambda: now[0])
+    plan = EpochPlan(100, 1000.0 + 35.0, torch.device("cpu"))
+    now[0] += 10.0  # first epoch: 10 s, 25 s left -> 2 more fit
+    plan.after_epoch(0, 10.0)
+    assert plan.epochs == 3 and plan.eta_s(0) == 20.0
+    now[0] += 14.0  # slower epoch: median 12 s, 11 s left -> nothing more fits
+    plan.after_epoch(1, 14.0)
+    assert plan.epochs == 2 and plan.eta_s(1) == 0.0
+
+
+def test_the_plan_never_ends_before_the_epoch_done_nor_after_the_cap(monkeypatch):
+    monkeypatch.setattr(loop.time, "time", lambda: 5000.0)
+    late = EpochPlan(100, 4000.0, torch.device("cpu"))  # deadline already passed
+    late.after_epoch(4, 1.0)
+    assert late.epochs == 5
+    early = EpochPlan(6, 10**9, torch.device("cpu"))  # plenty of time: the cap holds
+    early.after_epoch(0, 1.0)
+    assert early.epochs == 6
+    assert math.isnan(EpochPlan(3, None, torch.device("cpu")).epoch_s)

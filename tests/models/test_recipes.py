@@ -1,0 +1,49 @@
+"""Default recipes: digits keeps its tuned settings, larger images get the conv recipe, epochs follow size."""
+
+from __future__ import annotations
+
+import pytest
+
+from models.recipes import RECIPES, default_recipe
+
+
+def test_digits_keeps_the_settings_its_quality_targets_were_measured_with():
+    cvae, cgan = default_recipe("cvae", 8), default_recipe("cgan", 8)
+    assert (cvae.epochs_for(898), cvae.checkpoint_every(150), cvae.batch_size, cvae.lr) == (
+        150,
+        50,
+        128,
+        2e-3,
+    )
+    assert (cgan.epochs_for(898), cgan.checkpoint_every(300), cgan.batch_size, cgan.lr) == (
+        300,
+        50,
+        128,
+        4.2e-4,
+    )
+    assert cvae.model_config["prior"] == "class_gaussian" and cgan.model_config == {"noise_scale": 0.9}
+
+
+@pytest.mark.parametrize("size", [28, 32, 64])
+def test_images_above_16_px_get_the_conv_recipe(size):
+    for kind in ("cvae", "cgan"):
+        r = default_recipe(kind, size)
+        assert r.name == "large" and r.model_config["arch"] == "conv"
+    assert default_recipe("cgan", 16).name == "small"
+
+
+def test_epochs_follow_the_dataset_size_and_are_capped():
+    r = default_recipe("cgan", 28)
+    assert r.epochs_for(60_000) == 20  # 1.2M images shown
+    assert r.epochs_for(6_000) == 200
+    assert r.epochs_for(10) == r.max_epochs
+    assert r.epochs_for(10**9) == 1
+    assert r.checkpoint_every(20) == 4 and r.checkpoint_every(1) == 1
+    assert "20 epochs" in r.describe(60_000) and "batch 128" in r.describe(60_000)
+
+
+def test_bad_input_names_the_options():
+    with pytest.raises(ValueError, match="diffusion.*cvae, cgan"):
+        default_recipe("diffusion", 28)
+    with pytest.raises(ValueError, match="num_images"):
+        RECIPES[("cvae", "large")].epochs_for(0)
