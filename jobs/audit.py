@@ -24,7 +24,6 @@ The job does not go through the service's queue (``genaug jobs`` does not list i
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
 import io
 import json
@@ -44,7 +43,7 @@ import yaml
 
 from jobs.data.images import ImageDataset
 from jobs.data.spec import load_dataset
-from jobs.entry import job_main
+from jobs.entry import JsonRecord, job_main
 from jobs.generate import lineage, new_job_id
 from jobs.rayinit import ray_session
 from jobs.store import png, shards
@@ -71,8 +70,10 @@ TOP_RANGE = (1, 10_000)
 
 
 @dataclass(frozen=True)
-class AuditSpec:
+class AuditSpec(JsonRecord):
     """A validated audit request: everything needed to write the audit, JSON-serialisable."""
+
+    TUPLE_FIELDS = ("classes", "image_shape")
 
     model: str  # resolved "name:vK" of a cVAE
     dataset: str  # dataset spec of the audited images
@@ -98,17 +99,6 @@ class AuditSpec:
     def shard_range(self, shard: int) -> range:
         """The split indices of shard ``shard``."""
         return range(shard * self.shard_rows, min((shard + 1) * self.shard_rows, self.num_images))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            **dataclasses.asdict(self),
-            "classes": list(self.classes),
-            "image_shape": list(self.image_shape),
-        }
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> AuditSpec:
-        return cls(**{**d, "classes": tuple(d["classes"]), "image_shape": tuple(d["image_shape"])})
 
 
 def _in_range(value: Any, name: str, low: int, high: int) -> int:

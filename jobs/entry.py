@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, Self
 
 from jobs.store.location import HOME_HELP
 
@@ -32,3 +33,17 @@ def job_main(
         print(f"error: {e}", file=sys.stderr)
         return 2
     return result if isinstance(result, int) else 0
+
+
+class JsonRecord:
+    """Mixin for a frozen dataclass that travels as JSON (queue rows, Ray task arguments, resume files):
+    the fields named in ``TUPLE_FIELDS`` become lists in ``to_dict`` and tuples again in ``from_dict``."""
+
+    TUPLE_FIELDS: ClassVar[tuple[str, ...]] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), **{f: list(getattr(self, f)) for f in self.TUPLE_FIELDS}}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Self:
+        return cls(**{**d, **{f: tuple(d[f]) for f in cls.TUPLE_FIELDS}})

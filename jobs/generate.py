@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow.fs as pafs
 import torch
 
-from jobs.entry import job_main
+from jobs.entry import JsonRecord, job_main
 from jobs.metrics import label_filter
 from jobs.metrics.label_filter import FILTERS, check_filter
 from jobs.metrics.report import card_summary
@@ -263,8 +263,10 @@ def new_job_id() -> str:
 
 
 @dataclass(frozen=True)
-class ShardTask:
+class ShardTask(JsonRecord):
     """What a generator needs to produce shard ``shard`` of a job (JSON-serialisable)."""
+
+    TUPLE_FIELDS = ("class_counts", "classes")
 
     job_id: str
     model: str  # "name:vK"
@@ -293,17 +295,6 @@ class ShardTask:
             classes=spec.classes,
             filter=spec.filter,
         )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            **dataclasses.asdict(self),
-            "class_counts": list(self.class_counts),
-            "classes": list(self.classes),
-        }
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> ShardTask:
-        return cls(**{**d, "class_counts": tuple(d["class_counts"]), "classes": tuple(d["classes"])})
 
 
 def shard_images(
