@@ -1,14 +1,22 @@
 """Connecting to Ray: the cluster named by ``RAY_ADDRESS``, or an embedded local Ray sized to this machine.
 
 The embedded default is quiet (no worker log spam, no dashboard, no usage stats) and is shut down by
-whoever started it. See ``../shared/RAY_NOTES.md`` for why each setting is there.
+whoever started it. See ``../shared/RAY_NOTES.md`` for why each setting is there. ``ray`` is imported
+inside the functions that start or join it, on purpose: Ray reads several of the settings below from the
+environment when it is imported, so they must be in place first.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
+import secrets
+import shutil
+import socket
+import sys
+import tempfile
 from collections.abc import Callable, Iterator
 
 # Settings that make Ray Train quick and quiet on small machines; set before Ray starts so that
@@ -33,8 +41,6 @@ HAPROXY_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port that is free on ``host`` now."""
-    import socket
-
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
@@ -77,11 +83,6 @@ def haproxy_env() -> dict[str, str]:
     Variables already set in the environment win, unless another genaug process chose them
     (``GENAUG_HAPROXY_PID``: a service started by a service, or by the tests).
     """
-    import atexit
-    import secrets
-    import shutil
-    import tempfile
-
     owner = os.environ.get("GENAUG_HAPROXY_PID")
     if owner == str(os.getpid()):  # chosen already, in this process
         return {k: os.environ[k] for k in (*HAPROXY_ENV, *HAPROXY_INSTANCE_KEYS) if k in os.environ}
@@ -102,8 +103,6 @@ def select_ingress(kind: str | None = None) -> None:
     nothing and an explicit choice is refused. Also refused once Ray Serve was imported in this
     process with the other setting (it reads them at import).
     """
-    import sys
-
     if kind is not None and kind not in INGRESSES:
         raise ValueError(f"ingress {kind!r} is not valid; valid: {', '.join(INGRESSES)}")
     if os.environ.get("RAY_ADDRESS"):

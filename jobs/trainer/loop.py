@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.utils.data import DataLoader
 
 from jobs.data.spec import load_dataset
 from jobs.store.location import location
@@ -79,7 +80,6 @@ def train_loop_per_worker(config: dict) -> dict:
     import ray
     import ray.train
     import ray.train.torch as rt
-    from torch.utils.data import DataLoader
 
     s = TrainSettings(**config["settings"])
     progress = config.get("progress")  # a ray.util.queue.Queue or None
