@@ -1,1 +1,1 @@
-"""genaug batch work as Ray jobs: entry points (train, generate, evaluate, audit) over data, store, metrics, trainer."""
+"""Batch work as Ray jobs: entry points (train, generate, evaluate, audit) over data, store, metrics, trainer."""
