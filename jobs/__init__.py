@@ -1,1 +1,1 @@
-"""Batch work as Ray jobs: entry points (train, generate, evaluate, audit) over data, store, metrics, trainer."""
+"""Ray batch jobs: entry points (train, generate, evaluate, audit) over data/, store/, metrics/, trainer/."""
