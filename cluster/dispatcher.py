@@ -13,6 +13,12 @@ when they run on other nodes. The actor:
   expires, and on start-up every job left running is requeued and resumes from its committed shards;
 - checks for cancellation at each shard boundary and then removes any shard it did not record;
 - writes ``manifest.json``, the card and ``_SUCCESS`` when every shard is committed.
+
+Audit jobs (``kind: "audit"``, ``jobs.audit``) go the same way: the replicas first score the outlier
+reference in chunks (unless the output or the model version already holds it), then write the shards
+with ``jobs.audit.write_audit_shard``; the owner writes the report, manifest, card and ``_SUCCESS``
+(``finalize_audit``) and keeps a reference of the model's own training data beside the version, for
+``POST /v1/score``.
 """
 
 from __future__ import annotations
@@ -23,19 +29,35 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import pyarrow.fs as pafs
 import ray
+import torch
 
 from cluster import NAMESPACE, QUEUE_ACTOR, metrics
 from cluster.queue import InvalidTransition, JobNotFound, JobStatus, JobStore, QueueError
+from jobs.audit import (
+    REFERENCE_FILE,
+    AuditSpec,
+    check_cvae_version,
+    check_range,
+    finalize_audit,
+    load_version_reference,
+    open_output,
+    reference_chunks,
+    reference_images,
+    save_version_reference,
+    validate_audit,
+)
+from jobs.data.spec import parse_spec
 from jobs.generate import JobSpec, ShardTask, finalize_job, new_job_id, validate_request
 from jobs.store import shards
-from jobs.store.location import location, resolve_home, state_dir
+from jobs.store.location import Location, location, resolve_home, state_dir
 from jobs.store.manifest import cleanup_temp
-from jobs.store.registry import Registry
+from jobs.store.registry import ModelVersion, Registry
+from models.audit import OutlierReference
 
 log = logging.getLogger("genaug.queue")
 
@@ -101,6 +123,17 @@ class QueueOwner:
             if existing:
                 return {**existing, "existing": True}
         job_id = new_job_id()
+        if request.get("kind", "generate") == "audit":
+            audit, priority = await asyncio.to_thread(_validate_audit_request, request, self.home, job_id)
+            return self.store.submit(
+                {**audit.to_dict(), "kind": "audit"},
+                job_id=job_id,
+                priority=priority,
+                idempotency_key=idempotency_key,
+                total_rows=audit.num_images,
+                total_shards=audit.num_shards,
+                output=audit.output,
+            )
         kwargs = {"max_total_rows": self.max_total_rows} if self.max_total_rows else {}
         spec = validate_request(request, self.home, job_id=job_id, output_roots=tuple(output_roots), **kwargs)
         return self.store.submit(
@@ -201,9 +234,12 @@ class QueueOwner:
 
     async def _run_job(self, job: dict) -> None:
         job_id = job["id"]
-        spec = JobSpec.from_dict(job["spec"])
+        spec = job_spec(job["spec"])
         try:
-            await self._generate(job_id, spec)
+            if isinstance(spec, AuditSpec):
+                await self._audit(job_id, spec)
+            else:
+                await self._generate(job_id, spec)
         except QueueError as e:
             # The store is locked or unwritable: the job cannot be failed either. Stop this attempt and
             # leave the job running; its lease lapses and it is claimed again (resuming from its
@@ -221,9 +257,15 @@ class QueueOwner:
                 await asyncio.to_thread(_remove_unrecorded, spec, recorded)
 
     async def _send_shards(
-        self, job_id: str, spec: JobSpec, handle, done: dict[int, dict], pending: dict[asyncio.Future, int]
+        self,
+        job_id: str,
+        spec: JobSpec | AuditSpec,
+        send: Callable[[int], Awaitable[dict]],
+        done: dict[int, dict],
+        pending: dict[asyncio.Future, int],
     ) -> bool:
-        """Send every missing shard and record each one that comes back; True if the job was cancelled.
+        """Send every missing shard (``send(k)`` asks a replica for shard k) and record each one that
+        comes back; True if the job was cancelled.
 
         ``pending`` (in-flight calls) is the caller's, so that it can wait for them when this raises.
         """
@@ -237,8 +279,7 @@ class QueueOwner:
                 cancelled = True  # cancelled (or failed) by someone else: stop at this boundary
             while todo and not cancelled and len(pending) < self.max_in_flight:
                 k = todo.pop(0)
-                task = ShardTask.of(spec, job_id, k).to_dict()
-                pending[asyncio.ensure_future(handle.generate_shard.remote(task))] = k
+                pending[asyncio.ensure_future(send(k))] = k
                 sent_at[k] = time.perf_counter()
             if not pending:
                 break
@@ -268,26 +309,41 @@ class QueueOwner:
                     cancelled = True
         return cancelled
 
-    async def _generate(self, job_id: str, spec: JobSpec) -> None:
+    def _handle(self):
         from ray import serve
 
-        started = time.perf_counter()
-        handle = serve.get_deployment_handle(self.deployment, app_name=self.app_name)
-        await asyncio.to_thread(cleanup_temp, spec.output)
+        return serve.get_deployment_handle(self.deployment, app_name=self.app_name)
+
+    async def _all_shards(
+        self, job_id: str, spec: JobSpec | AuditSpec, send: Callable[[int], Awaitable[dict]]
+    ) -> dict[int, dict] | None:
+        """Every shard of the job committed and recorded (``_send_shards``), temporary files removed:
+        shard index -> its info; None if the job was cancelled meanwhile (unrecorded shards removed)."""
         done = {int(k): v for k, v in self.store.committed_shards(job_id).items()}
         pending: dict[asyncio.Future, int] = {}
         try:
-            cancelled = await self._send_shards(job_id, spec, handle, done, pending)
+            cancelled = await self._send_shards(job_id, spec, send, done, pending)
         except Exception:
             if pending:  # let in-flight shards land first, so that no file appears after the cleanup
                 await asyncio.wait(list(pending), timeout=DRAIN_S)
             raise
         if cancelled:
             await asyncio.to_thread(_remove_unrecorded, spec, set(self.store.committed_shards(job_id)))
-            return
+            return None
         # every shard is recorded and no call is in flight: temp files left by a replica that died
         # mid-write are garbage now
         await asyncio.to_thread(cleanup_temp, spec.output)
+        return done
+
+    async def _generate(self, job_id: str, spec: JobSpec) -> None:
+        started = time.perf_counter()
+        handle = self._handle()
+        await asyncio.to_thread(cleanup_temp, spec.output)
+        done = await self._all_shards(
+            job_id, spec, lambda k: handle.generate_shard.remote(ShardTask.of(spec, job_id, k).to_dict())
+        )
+        if done is None:
+            return
         mv = Registry(self.home).resolve(spec.model)
         manifest = await asyncio.to_thread(
             finalize_job, spec, job_id, mv, [done[k] for k in sorted(done)], time.perf_counter() - started
@@ -301,6 +357,132 @@ class QueueOwner:
         self.store.complete(job_id, self.owner, result=summary)
         metrics.generation_rate(spec.model, manifest.get("rows_per_s"))
         metrics.job_counts(self.store.counts())
+
+    async def _audit(self, job_id: str, spec: AuditSpec) -> None:
+        """An audit job: the outlier reference, every shard by the replicas, then the report and commit."""
+        started = time.perf_counter()
+        handle = self._handle()
+        mv = Registry(self.home).resolve(spec.model)
+        reference = await asyncio.to_thread(open_output, spec)
+        if reference is None:
+            reference = await asyncio.to_thread(load_version_reference, mv, spec.config)
+            if reference is None or spec.reference != _training_spec(mv):
+                reference = await self._fit_reference(handle, spec)
+            await asyncio.to_thread(
+                location(spec.output).join(REFERENCE_FILE).write_json, reference.to_dict()
+            )
+        task = {"spec": spec.to_dict(), "reference": reference.to_dict()}
+        done = await self._all_shards(job_id, spec, lambda k: handle.audit_shard.remote({**task, "shard": k}))
+        if done is None:
+            return
+        infos = [done[k] for k in sorted(done)]
+        manifest = await asyncio.to_thread(finalize_audit, spec, job_id, mv, infos, reference, started)
+        if await asyncio.to_thread(load_version_reference, mv, spec.config) is None:
+            await asyncio.to_thread(save_version_reference, mv, spec, reference)
+        summary = {
+            "output": spec.output,
+            "totals": manifest["totals"],
+            "audit": manifest["audit"],
+            "duration_s": manifest["duration_s"],
+        }
+        self.store.complete(job_id, self.owner, result=summary)
+        metrics.job_counts(self.store.counts())
+
+    async def _fit_reference(self, handle, spec: AuditSpec) -> OutlierReference:
+        """The audit's outlier reference, its chunks scored by the replicas (``max_in_flight`` at once)."""
+        _, labels = await asyncio.to_thread(reference_images, spec)
+        gate = asyncio.Semaphore(self.max_in_flight)
+
+        async def chunk(r: range) -> list[float]:
+            async with gate:
+                return await _resend(
+                    lambda: handle.audit_reference_nll.remote(
+                        {"spec": spec.to_dict(), "chunk": [r.start, r.stop]}
+                    ),
+                    f"reference chunk {r.start}..{r.stop - 1}",
+                )
+
+        parts = await asyncio.gather(*(chunk(r) for r in reference_chunks(spec, len(labels))))
+        nll = torch.tensor([v for part in parts for v in part], dtype=torch.float64)
+        return OutlierReference.fit(nll, labels, len(spec.classes), spec.config)
+
+
+async def _resend(call: Callable[[], Awaitable[Any]], what: str) -> Any:
+    """``await call()``, again after a failure (a replica died) up to ``MAX_SHARD_ATTEMPTS`` times."""
+    for attempt in range(1, MAX_SHARD_ATTEMPTS + 1):
+        try:
+            return await call()
+        except Exception as e:
+            if attempt >= MAX_SHARD_ATTEMPTS or _is_permanent(e):
+                raise ShardFailed(f"{what} failed after {attempt} attempt(s): {_reason(e)}") from e
+            log.warning("%s failed (%s); re-sending", what, _reason(e))
+    raise AssertionError("unreachable")
+
+
+def job_spec(d: Mapping[str, Any]) -> JobSpec | AuditSpec:
+    """The spec a job was submitted with: an ``AuditSpec`` for ``kind: audit``, else a ``JobSpec``."""
+    if d.get("kind") == "audit":
+        return AuditSpec.from_dict({k: v for k, v in d.items() if k != "kind"})
+    return JobSpec.from_dict(d)
+
+
+AUDIT_REQUEST_FIELDS = frozenset(
+    {
+        "kind",
+        "model",
+        "dataset",
+        "split",
+        "reference",
+        "samples",
+        "seed",
+        "top",
+        "out",
+        "shard_rows",
+        "priority",
+    }
+)
+
+
+def _training_spec(mv: ModelVersion) -> str | None:
+    return (mv.info.get("data") or {}).get("spec")
+
+
+def _validate_audit_request(request: Mapping[str, Any], home: Location, job_id: str) -> tuple[AuditSpec, int]:
+    """An audit request over the API: ``jobs.audit.validate_audit``, and datasets this service may read
+    (``_check_served_dataset``); returns the spec and the job's priority. Nothing is written."""
+    unknown = sorted(set(request) - AUDIT_REQUEST_FIELDS)
+    if unknown:
+        valid = ", ".join(sorted(AUDIT_REQUEST_FIELDS))
+        raise ValueError(f"field(s) {', '.join(unknown)} are not audit fields; valid: {valid}")
+    priority = check_range(request.get("priority", 0), "priority", -1000, 1000)
+    if not request.get("dataset"):
+        raise ValueError("an audit needs dataset (a dataset spec, e.g. digits)")
+    mv = check_cvae_version(Registry(home).resolve(str(request.get("model") or "")))
+    _check_served_dataset(str(request["dataset"]), mv, home, "dataset")
+    if request.get("reference"):
+        _check_served_dataset(str(request["reference"]), mv, home, "reference")
+    req = {k: v for k, v in request.items() if k not in ("kind", "priority")}
+    try:
+        spec, _ = validate_audit(req, home, job_id=job_id)
+    except OSError as e:  # a dataset's files missing or unreadable: the request named them
+        raise ValueError(f"dataset {request['dataset']!r} cannot be read: {e}") from None
+    return spec, priority
+
+
+def _check_served_dataset(spec: str, mv: ModelVersion, home: Location, what: str) -> None:
+    """Over the API a dataset spec may read only what the service already exposes: built-in data, the
+    model's own training data, or files under the storage root; ValueError naming the options."""
+    _, arg = parse_spec(spec)
+    if arg is None or arg.isdigit() or spec == _training_spec(mv):  # digits, shapes, shapes:SIZE
+        return
+    try:
+        home.confine(arg)
+    except ValueError:
+        raise ValueError(
+            f"{what} {spec!r} reads {arg!r}, outside the storage root {home.uri}; valid over the API: "
+            f"digits, shapes[:SIZE], the model's training data {_training_spec(mv)!r}, or a path under "
+            "the storage root"
+        ) from None
 
 
 class ShardFailed(RuntimeError):
@@ -325,7 +507,7 @@ def _reason(e: BaseException) -> str:
     return f"{type(root).__name__}: {lines[0] if lines else 'no message'}"
 
 
-def _remove_unrecorded(spec: JobSpec, recorded: set) -> None:
+def _remove_unrecorded(spec: JobSpec | AuditSpec, recorded: set) -> None:
     """After a cancel: delete shard files the queue did not record, and any temporary file."""
     cleanup_temp(spec.output)
     data = location(spec.output) / shards.DATA_DIR

@@ -6,16 +6,28 @@ the ingress also sends the requests that reach it together as one call), and ``g
 one Parquet shard of a generation job for the queue's dispatcher. Models load on first use and the most
 recently used ``cache_size`` versions stay in memory (an LRU, ``Sampler``). The ingress holds a
 ``Sampler`` too and answers a lone small request itself (see ``Ingress._answer``).
+
+A cVAE's audit work runs here too, on the same models: ``score`` and ``denoise`` answer ``POST /v1/score``
+and ``POST /v1/denoise`` (the images are decoded and checked here, ``decode_images``), and
+``audit_reference_nll`` / ``audit_shard`` do an audit job's reference chunks and shards for the queue
+(``jobs.audit`` writes the shards, as in ``genaug audit``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import collections
+import io
+import json
+import math
 import os
 import socket
 import threading
 import time
+import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,13 +37,24 @@ from ray import serve
 
 from cluster import metrics
 from cluster.formats import encode_samples
-from jobs.generate import ShardTask, run_shard
+from jobs.audit import (
+    AuditSpec,
+    load_images,
+    load_version_reference,
+    reference_images,
+    shard_inputs,
+    write_audit_shard,
+)
+from jobs.generate import ShardTask, class_index, run_shard
 from jobs.metrics import label_filter
+from jobs.store.png import decode_png
 from jobs.store.registry import ModelUnavailable, Registry
-from models.sampling import generate_many_uint8
+from models.audit import AuditConfig, OutlierReference, check_cvae, reconstruct, score
+from models.sampling import denormalize_uint8, generate_many_uint8, normalize_uint8
 
 __all__ = ["Generator", "ModelUnavailable", "SampleRequest", "Sampler"]
 
+MAX_NPZ_UNPACKED = 64 << 20  # bytes an uploaded npz may inflate to (a 1 MiB body could be a zip bomb)
 INLINE_SAMPLES = 256  # a merged batch up to this many samples runs on the event loop (about a ms on CPU):
 # handing it to a worker thread costs two thread wake-ups, 0.3 ms at p50 but 5 ms at p90 on a busy 2-core box
 
@@ -65,6 +88,7 @@ class Sampler:
         self._models: collections.OrderedDict[str, tuple[Any, list[str]]] = collections.OrderedDict()
         self._lock = threading.Lock()
         self.load_times: dict[str, float] = {}
+        self._references: dict[tuple[str, AuditConfig], OutlierReference] = {}
 
     @property
     def loaded(self) -> list[str]:
@@ -133,6 +157,81 @@ class Sampler:
         labels = np.asarray(labels, np.int64)
         return label_filter.filtered_uint8(self.model(ref), classifier, labels, int(seed), temperature)[0]
 
+    def audit_inputs(self, request: dict[str, Any]) -> tuple[torch.nn.Module, torch.Tensor, np.ndarray]:
+        """The cVAE of ``request["model"]`` and its checked images as floats (N, C, H, W) in [-1, 1]
+        with their labels (N,); ValueError naming a bad image, label or model type."""
+        ref = request["model"]
+        model = check_cvae(self.model(ref))
+        cfg = model.config
+        images, labels = decode_images(
+            request,
+            self.classes(ref),
+            (cfg.channels, cfg.image_size, cfg.image_size),
+            int(request.get("max_images") or INLINE_CAP),
+            ref,
+        )
+        return model, normalize_uint8(images), labels
+
+    def score_body(self, request: dict[str, Any]) -> bytes:
+        """``POST /v1/score``'s JSON body: per image nll, outlier percentile, p(c | x), suggested label."""
+        ref = request["model"]
+        model, x, labels = self.audit_inputs(request)
+        config = AuditConfig(
+            samples=int(request.get("samples", AuditConfig.samples)), seed=int(request.get("seed", 0))
+        )
+        reference = self.reference(ref, config)
+        s = score(model, x, torch.from_numpy(labels), config, reference)
+        classes = self.classes(ref)
+        rows = [
+            {
+                "label": int(y),
+                "label_name": classes[y],
+                "nll": float(s.nll[i]),
+                "outlier_percentile": _finite(s.outlier[i]) if s.outlier is not None else None,
+                "p": [float(v) for v in s.posterior[i]],
+                "suggested_label": int(s.suggested[i]),
+                "suggested_name": classes[int(s.suggested[i])],
+                "label_error": float(s.label_error[i]),
+                "margin": float(s.margin[i]),
+            }
+            for i, y in enumerate(labels.tolist())
+        ]
+        body = {
+            "model": ref,
+            "count": len(rows),
+            "samples": config.samples,
+            "seed": config.seed,
+            "classes": classes,
+            "reference": None
+            if reference is None
+            else {"data": self.training_spec(ref), "per_class": list(reference.counts)},
+            "scores": rows,
+        }
+        return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+    def denoise_body(self, request: dict[str, Any]) -> bytes:
+        """``POST /v1/denoise``'s body: the posterior-mean reconstructions in ``request["format"]``."""
+        ref = request["model"]
+        model, x, labels = self.audit_inputs(request)
+        images = denormalize_uint8(reconstruct(model, x, torch.from_numpy(labels)))
+        return encode_samples(images, labels, self.classes(ref), request.get("format") or "json", ref)
+
+    def training_spec(self, ref: str) -> str | None:
+        """The dataset spec version ``ref`` was trained on (its model.json)."""
+        return (self.registry.resolve(ref).info.get("data") or {}).get("spec")
+
+    def reference(self, ref: str, config: AuditConfig) -> OutlierReference | None:
+        """The outlier reference kept beside version ``ref`` for ``config`` (see
+        ``jobs.audit.version_reference``), cached once found (it is written once); looked for again on
+        each call while there is none."""
+        key = (ref, config)
+        if key not in self._references:
+            found = load_version_reference(self.registry.resolve(ref), config)
+            if found is None:
+                return None
+            self._references[key] = found
+        return self._references[key]
+
 
 class Generator:
     """Serve replica body (wrapped by ``serve.deployment`` in ``cluster.serve_app``)."""
@@ -148,6 +247,8 @@ class Generator:
         self.sampler = Sampler(home, cache_size, device)
         self.batch_sizes: collections.deque[int] = collections.deque(maxlen=10_000)
         self.shards_written = 0
+        self._data: dict[tuple, Any] = {}  # audit images by (kind, spec...), see _audit_data
+        self._data_lock = threading.Lock()
         self._sample_batch.set_max_batch_size(max_batch_size)  # 1 turns batching off (benchmarks)
         # 0: no waiting for company; requests that arrive while a forward pass runs form the next batch
         self._sample_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
@@ -190,6 +291,58 @@ class Generator:
 
         return list(await asyncio.gather(*(one(r) for r in requests), return_exceptions=True))
 
+    async def score(self, request: dict[str, Any]) -> bytes:
+        """``POST /v1/score``: ``{model, images | npz, samples, seed, max_images}`` -> its JSON body."""
+        self.sampler.model(request["model"])  # load errors surface here
+        return await asyncio.to_thread(self.sampler.score_body, request)
+
+    async def denoise(self, request: dict[str, Any]) -> bytes:
+        """``POST /v1/denoise``: ``{model, images | npz, format, max_images}`` -> its body in ``format``."""
+        self.sampler.model(request["model"])
+        return await asyncio.to_thread(self.sampler.denoise_body, request)
+
+    async def audit_reference_nll(self, task: dict[str, Any]) -> list[float]:
+        """nll(x | y) of chunk ``task["chunk"]`` (a range of ``jobs.audit.reference_chunks``) of an audit
+        job's reference images (``task["spec"]``)."""
+        spec = AuditSpec.from_dict(task["spec"])
+        start, stop = task["chunk"]
+        model = self.sampler.model(spec.model)
+
+        def run() -> list[float]:
+            images, labels = self._audit_data(("reference", spec.reference), lambda: reference_images(spec))
+            return score(model, images[start:stop], labels[start:stop], spec.config).nll.tolist()
+
+        return await asyncio.to_thread(run)
+
+    async def audit_shard(self, task: dict[str, Any]) -> dict:
+        """Write shard ``task["shard"]`` of an audit job (``jobs.audit.write_audit_shard``); returns its
+        manifest entry."""
+        spec = AuditSpec.from_dict(task["spec"])
+        reference = OutlierReference.from_dict(task["reference"])
+        model = self.sampler.model(spec.model)
+
+        def run() -> dict:
+            key = ("dataset", spec.dataset, spec.split)
+            ds = self._audit_data(
+                key, lambda: load_images(spec.dataset, spec.split, spec.image_shape, spec.classes)
+            )
+            return write_audit_shard(
+                model, spec, task["shard"], *shard_inputs(spec, ds, task["shard"]), reference
+            )
+
+        info = await asyncio.to_thread(run)
+        self.shards_written += 1
+        return {**info, "worker": worker_identity()}
+
+    def _audit_data(self, key: tuple, load) -> Any:
+        """An audit's images, loaded once per replica (the two most recent: an audit and its reference)."""
+        with self._data_lock:
+            if key not in self._data:
+                self._data[key] = load()
+                while len(self._data) > 2:
+                    self._data.pop(next(iter(self._data)))
+            return self._data[key]
+
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0)
     async def _sample_batch(self, requests: list[SampleRequest]) -> list[np.ndarray | bytes]:
         self.batch_sizes.append(len(requests))
@@ -218,3 +371,112 @@ def worker_identity() -> dict[str, str | int | None]:
 
     node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
     return {"node_id": node_id, "hostname": socket.gethostname(), "pid": os.getpid()}
+
+
+# ----------------------------------------------------------------------------- audit request images
+
+INLINE_CAP = 4096  # images per /v1/score or /v1/denoise request unless the ingress says otherwise
+
+
+def decode_images(
+    request: dict[str, Any], classes: Sequence[str], shape: Sequence[int], max_images: int, model: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 images (N, H, W, C) and int64 labels (N,) from a request's ``images`` (base64 PNGs with a
+    label each, as ``/v1/samples`` json returns them) or ``npz`` (base64 or bytes of an npz with
+    ``images`` and ``labels`` or ``label_names``, as ``/v1/samples`` npz returns it). Each must be
+    ``shape`` (C, H, W); ValueError naming the first bad image, label or array otherwise."""
+    items, npz = request.get("images"), request.get("npz")
+    if items is not None and npz is not None:
+        raise ValueError("both images and npz were sent; valid: one of them")
+    if npz is not None:
+        images, labels = _npz_arrays(npz, classes)
+    else:
+        images, labels = _png_items(items or [], classes)
+    n = len(labels)
+    if n == 0:
+        raise ValueError(f"no images; valid: 1..{max_images} images, each with its label")
+    if n > max_images:
+        raise ValueError(f"{n} images in one request; valid: 1..{max_images} (submit an audit job for more)")
+    c, h, w = (int(d) for d in shape)
+    for i, img in enumerate(images):
+        if img.shape != (h, w, c):
+            raise ValueError(
+                f"image {i} is {img.shape[1]}x{img.shape[0]} with {img.shape[2]} channel(s); "
+                f"valid: {w}x{h} with {c} channel(s), the size {model} takes"
+            )
+    return np.stack(images), labels
+
+
+def _png_items(
+    items: Sequence[dict[str, Any]], classes: Sequence[str]
+) -> tuple[list[np.ndarray], np.ndarray]:
+    images, labels = [], []
+    for i, item in enumerate(items):
+        try:
+            data = base64.b64decode(item.get("png") or "", validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError(f"image {i}: png is not valid base64; valid: base64 of PNG bytes") from None
+        images.append(decode_png(data, where=f"image {i}"))
+        labels.append(_label(i, item.get("label"), item.get("label_name"), classes))
+    return images, np.asarray(labels, np.int64)
+
+
+def _label(i: int, label: Any, name: Any, classes: Sequence[str]) -> int:
+    """The class index of image ``i`` from its ``label`` (index or name) and/or ``label_name``."""
+    if label is None and name is None:
+        raise ValueError(f"image {i} has no label; valid: label (class index or name) or label_name")
+    try:
+        idx = class_index(label if label is not None else name, classes)
+        if name is not None and class_index(name, classes) != idx:
+            raise ValueError(f"label {label!r} and label_name {name!r} differ")
+    except ValueError as e:
+        raise ValueError(f"image {i}: {e}") from None
+    return idx
+
+
+def _npz_arrays(npz: str | bytes, classes: Sequence[str]) -> tuple[list[np.ndarray], np.ndarray]:
+    try:
+        data = npz if isinstance(npz, bytes) else base64.b64decode(npz, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("npz is not valid base64; valid: base64 of the bytes of an .npz file") from None
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            unpacked = sum(i.file_size for i in z.infolist())
+        if unpacked > MAX_NPZ_UNPACKED:
+            raise ValueError(f"npz unpacks to {unpacked} bytes; valid: at most {MAX_NPZ_UNPACKED}")
+        with np.load(io.BytesIO(data), allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except ValueError:
+        raise
+    except Exception as e:  # noqa: BLE001 - zipfile and numpy raise many types for bad bytes
+        raise ValueError(
+            f"npz is not a readable .npz file ({type(e).__name__}); valid: np.savez bytes"
+        ) from None
+    images = arrays.get("images")
+    if images is None or ("labels" not in arrays and "label_names" not in arrays):
+        raise ValueError(
+            f"npz holds {sorted(arrays)}; valid: images (N, H, W[, C]) uint8 and labels (N,) or label_names"
+        )
+    if images.dtype != np.uint8 or images.ndim not in (3, 4):
+        raise ValueError(f"npz images are {images.dtype} {images.shape}; valid: uint8 (N, H, W[, C])")
+    images = images[..., None] if images.ndim == 3 else images  # (N, H, W, C)
+    given = arrays.get("labels", arrays.get("label_names"))
+    if given.ndim != 1 or len(given) != len(images):
+        raise ValueError(
+            f"npz has {len(images)} images and labels of shape {given.shape}; valid: one label each"
+        )
+    names = arrays.get("label_names")
+    if "labels" in arrays:
+        names = [None] * len(given) if names is None else names.tolist()
+        labels = [
+            _label(i, y, n, classes) for i, (y, n) in enumerate(zip(given.tolist(), names, strict=False))
+        ]
+    else:
+        labels = [_label(i, None, n, classes) for i, n in enumerate(given.tolist())]
+    return list(images), np.asarray(labels, np.int64)
+
+
+def _finite(x: torch.Tensor) -> float | None:
+    """A float for JSON; None for NaN (a class without reference data)."""
+    v = float(x)
+    return v if math.isfinite(v) else None

@@ -9,12 +9,16 @@
 """
 
 import asyncio
+import base64
 import hashlib
 import hmac
+import json
 import os
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import parse_qsl
 
 from fastapi import FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -31,10 +35,13 @@ from cluster.dispatcher import get_queue
 from cluster.formats import MEDIA_TYPES
 from cluster.generator import INLINE_SAMPLES, Generator, ModelUnavailable, Sampler, SampleRequest
 from cluster.queue import InvalidTransition, JobNotFound, QueueError
+from jobs.audit import LABEL_ERROR_GRID, OUTLIER_GRID, REPORT_FILE, TOP_RANGE, check_cvae_version
 from jobs.generate import TEMPERATURE_RANGE, parse_counts
 from jobs.metrics.label_filter import FilterRejected
+from jobs.store import shards
 from jobs.store.location import location, output_roots, resolve_home
 from jobs.store.registry import SAMPLES_PNG, Registry, UnknownModel
+from models.audit import AuditConfig
 
 DEFAULT_INLINE_CAP = 4096
 MAX_BODY_BYTES = 1 << 20
@@ -74,12 +81,32 @@ class SamplesRequest(BaseModel):
 
 
 class JobRequest(BaseModel):
-    """``POST /v1/jobs``: a generation job writing a Parquet dataset."""
+    """``POST /v1/jobs``: a generation job writing a Parquet dataset, or (``kind: audit``) an audit of a
+    labelled dataset by a cVAE (``genaug audit``), both sharded over the generator replicas."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
-    model: str = Field(description="NAME or NAME:VERSION (latest when no version)")
+    kind: Literal["generate", "audit"] = Field(
+        "generate", description="generate: synthetic samples; audit: score every image of `dataset`"
+    )
+    model: str = Field(description="NAME or NAME:VERSION (latest when no version); a cVAE for an audit")
     per_class: int | None = None
     counts: dict[str, int] | None = None
+    dataset: str | None = Field(
+        None,
+        description="audit: dataset spec of the images (digits, shapes[:SIZE], the model's training data, "
+        "or a spec whose path is under the storage root)",
+        examples=["digits"],
+    )
+    split: Literal["train", "test"] | None = Field(None, description="audit: the split (default train)")
+    reference: str | None = Field(
+        None,
+        description="audit: spec whose train split calibrates the outlier percentiles (default: the "
+        "model's training data)",
+    )
+    samples: int | None = Field(None, ge=1, le=4096, description="audit: K importance samples (default 32)")
+    top: int | None = Field(
+        None, ge=TOP_RANGE[0], le=TOP_RANGE[1], description="audit: rows per list in audit.md"
+    )
     seed: int = Field(0, ge=0, lt=2**63)
     out: str | None = Field(
         None,
@@ -90,6 +117,79 @@ class JobRequest(BaseModel):
     temperature: float = Field(1.0, ge=TEMPERATURE_RANGE[0], le=TEMPERATURE_RANGE[1])
     priority: int = Field(0, ge=-1000, le=1000)
     filter: Literal["label"] | None = None
+
+
+class ImageItem(BaseModel):
+    """One image of ``/v1/score`` or ``/v1/denoise``: the shape of a ``/v1/samples`` json sample."""
+
+    model_config = ConfigDict(extra="forbid")
+    png: str = Field(description="base64 PNG (8-bit grey or RGB) of the model's size")
+    label: int | str | None = Field(None, description="its class: index or name")
+    label_name: str | None = Field(
+        None, description="its class name (must agree with label if both are sent)"
+    )
+
+
+class ImagesRequest(BaseModel):
+    """Labelled images for a cVAE: ``images`` (base64 PNGs) or ``npz`` (base64 of an npz)."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model: str = Field(description="a cVAE: NAME or NAME:VERSION (latest when no version)")
+    images: list[ImageItem] | None = Field(None, description="the images, each with its label")
+    npz: str | None = Field(
+        None,
+        description="base64 of an .npz holding images (N, H, W[, C]) uint8 and labels (N,) or label_names "
+        "(N,), as /v1/samples format npz returns; instead of images",
+    )
+
+
+class ScoreRequest(ImagesRequest):
+    """``POST /v1/score``: the audit scores of each image."""
+
+    samples: int = Field(
+        AuditConfig.samples,
+        ge=1,
+        le=256,
+        description="K importance samples per image and class; percentiles need the K of an audit",
+    )
+    seed: int = Field(0, ge=0, le=shards.MAX_SEED, description="seeds the K draws: same seed, same scores")
+
+
+class DenoiseRequest(ImagesRequest):
+    """``POST /v1/denoise``: the cVAE's reconstruction of each image (decode at the posterior mean)."""
+
+    format: Literal["json", "npz", "png"] = "json"
+
+
+class ImageScore(BaseModel):
+    label: int
+    label_name: str
+    nll: float = Field(description="nll(x | label) in nats per image: the IWAE bound with K samples")
+    outlier_percentile: float | None = Field(
+        description="nll among the label class's training images (0..100); null without a reference"
+    )
+    p: list[float] = Field(description="p(c | x) for every class c, uniform class prior")
+    suggested_label: int
+    suggested_name: str
+    label_error: float = Field(description="1 - p(label | x)")
+    margin: float = Field(description="max over other classes of p(c | x), minus p(label | x)")
+
+
+class ScoreReference(BaseModel):
+    data: str | None = Field(description="the training data spec the percentiles compare with")
+    per_class: list[int] = Field(description="training images per class behind the percentiles")
+
+
+class ScoreResponse(BaseModel):
+    model: str
+    count: int
+    samples: int
+    seed: int
+    classes: list[str]
+    reference: ScoreReference | None = Field(
+        description="null until an audit job computed this version's reference for this K and seed"
+    )
+    scores: list[ImageScore]
 
 
 class ErrorBody(BaseModel):
@@ -194,6 +294,58 @@ def _replay(messages: list[dict], receive):
     return replay
 
 
+NPZ_MEDIA_TYPE = "application/x-npz"
+IMAGE_ROUTES = ("/v1/score", "/v1/denoise")
+
+
+class _NpzUpload:
+    """ASGI middleware: an npz uploaded as the body of ``/v1/score`` or ``/v1/denoise``
+    (``Content-Type: application/x-npz``, the other fields in the query string) becomes the JSON request
+    with that npz in base64, so one request model and one decoder serve both forms."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        headers = dict(scope.get("headers") or []) if scope["type"] == "http" else {}
+        media = headers.get(b"content-type", b"").split(b";")[0].strip().decode("latin-1").lower()
+        if scope["type"] != "http" or scope["path"] not in IMAGE_ROUTES or media != NPZ_MEDIA_TYPE:
+            return await self.app(scope, receive, send)
+        message = await receive()  # the whole body: _BodyLimit (outside) read it and replays it
+        fields = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
+        body = json.dumps({**fields, "npz": base64.b64encode(message.get("body", b"")).decode()}).encode()
+        kept = [(k, v) for k, v in scope["headers"] if k not in (b"content-type", b"content-length")]
+        scope = {
+            **scope,
+            "query_string": b"",
+            "headers": [
+                *kept,
+                (b"content-type", b"application/json"),
+                (b"content-length", b"%d" % len(body)),
+            ],
+        }
+        message = {"type": "http.request", "body": body, "more_body": False}
+        await self.app(scope, _replay([message], receive), send)
+
+
+def _npz_upload_doc(fields: dict[str, str]) -> dict[str, Any]:
+    """OpenAPI of the npz upload form of an image route: the binary body and its query fields."""
+    return {
+        "requestBody": {"content": {NPZ_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}}},
+        "parameters": [
+            {
+                "name": name,
+                "in": "query",
+                "required": name == "model",
+                "description": f"{text} (only with an {NPZ_MEDIA_TYPE} body)",
+                "schema": {"type": "string"},
+            }
+            for name, text in fields.items()
+        ],
+    }
+
+
+api.add_middleware(_NpzUpload)  # inside _BodyLimit: it sees a body already capped at 1 MiB
 api.add_middleware(_BodyLimit)
 
 
@@ -509,16 +661,69 @@ class Ingress:
                 except Exception as e:
                     raise _classify(e) from None
         self.inline_counts["generator"] += 1
+        return await self._resending(lambda: self._generate(request))
+
+    async def _resending(self, call: Callable[[], Awaitable[Any]]) -> Any:
+        """``await call()``, made again when its replica died mid-request (the answers are deterministic,
+        so re-sending is safe); other errors are classified."""
         for attempt in range(1, SAMPLE_ATTEMPTS + 1):
             try:
-                return await self._generate(request)
-            except _GONE as e:  # the replica died mid-request: re-send (deterministic, so safe)
+                return await call()
+            except _GONE as e:
                 if attempt == SAMPLE_ATTEMPTS:
                     raise _classify(e) from None
                 await asyncio.sleep(0.2 * attempt)
             except Exception as e:
                 raise _classify(e) from None
         raise AssertionError("unreachable")
+
+    # -------------------------------------------------------------- audit: score and denoise
+
+    @api.post(
+        "/v1/score",
+        tags=["audit"],
+        responses={200: {"model": ScoreResponse, "description": "the scores of each image, in order"}},
+        openapi_extra=_npz_upload_doc(
+            {"model": "a cVAE", "samples": "K (default 32)", "seed": "seed of the K draws (default 0)"}
+        ),
+    )
+    async def score(self, body: ScoreRequest, authorization: str | None = Header(None)) -> Response:
+        """A cVAE's audit scores of labelled images: nll, outlier percentile (when an audit job computed
+        the version's reference), p(c | x), suggested label, label-error score. Nothing is written."""
+        self.check_token(authorization)
+        request = self._images_request(body)
+        answer = await self._resending(lambda: self.generator.score.remote(request))
+        return Response(answer, media_type="application/json", headers={"X-Genaug-Model": request["model"]})
+
+    @api.post(
+        "/v1/denoise",
+        tags=["audit"],
+        responses={
+            200: {
+                "description": "the reconstructions in the formats of /v1/samples: json (base64 PNGs with "
+                "labels), npz (arrays) or png (a grid)",
+                "content": {"application/json": {}, "application/octet-stream": {}, "image/png": {}},
+            }
+        },
+        openapi_extra=_npz_upload_doc({"model": "a cVAE", "format": "json, npz or png (default json)"}),
+    )
+    async def denoise(self, body: DenoiseRequest, authorization: str | None = Header(None)) -> Response:
+        """A cVAE's reconstruction of labelled images (decoded at the posterior mean): denoising."""
+        self.check_token(authorization)
+        request = self._images_request(body)
+        answer = await self._resending(lambda: self.generator.denoise.remote(request))
+        headers = {"X-Genaug-Model": request["model"]}
+        if body.format == "npz":
+            headers["Content-Disposition"] = 'attachment; filename="denoised.npz"'
+        return Response(answer, media_type=MEDIA_TYPES[body.format], headers=headers)
+
+    def _images_request(self, body: ImagesRequest) -> dict[str, Any]:
+        """What the generator needs for an image route: the resolved cVAE, the images as sent, the cap."""
+        try:
+            mv = check_cvae_version(self.registry.resolve(body.model))
+        except ValueError as e:
+            raise _classify(e) from None
+        return {**body.model_dump(exclude_none=True), "model": mv.ref, "max_images": self.inline_cap}
 
     # -------------------------------------------------------------- jobs
 
@@ -535,9 +740,12 @@ class Ingress:
         authorization: str | None = Header(None),
         idempotency_key: str | None = Header(None, max_length=200),
     ) -> JSONResponse:
-        """Queue a generation job; 202 with its id. ``Idempotency-Key`` makes retries return the same job."""
+        """Queue a generation job, or an audit (``kind: audit``); 202 with its id. ``Idempotency-Key`` makes
+        retries return the same job."""
         self.check_token(authorization)
         req = body.model_dump(exclude_none=True)
+        if req["kind"] == "generate":  # the request generation jobs have always taken
+            del req["kind"]
         roots = self.output_roots if self._output_token(authorization) else ()
         job = await self._call(self.queue.submit.remote(req, idempotency_key, roots))
         return JSONResponse(_job_view(job, request), status_code=200 if job.get("existing") else 202)
@@ -574,13 +782,46 @@ class Ingress:
         card = location(await self._finished_output(job_id, "card")) / "README.md"
         return Response(card.read_bytes(), media_type="text/markdown; charset=utf-8")
 
-    async def _finished_output(self, job_id: str, what: str) -> str:
+    async def _finished_output(self, job_id: str, what: str, kind: str | None = None) -> str:
         job = await self._call(self.queue.get.remote(job_id))
+        if kind is not None and (job.get("spec") or {}).get("kind", "generate") != kind:
+            raise ApiError(400, "bad request", f"job {job_id} is not an {kind} job; valid: the id of one")
         if job["status"] != "succeeded":
             raise ApiError(
                 409, "conflict", f"job {job_id} is {job['status']}; the {what} exists once it succeeded"
             )
         return job["output"]
+
+    @api.get("/v1/jobs/{job_id}/audit", tags=["audit"])
+    async def get_audit(
+        self,
+        job_id: str,
+        top: int = Query(20, ge=1, le=1000, description="rows per list"),
+        authorization: str | None = Header(None),
+    ) -> dict:
+        """A finished audit's summary and its top rows: the most unusual images (outlier percentile) and
+        the likeliest label errors (409 until the job has succeeded)."""
+        self.check_token(authorization)
+        output = await self._finished_output(job_id, "audit", kind="audit")
+        return await asyncio.to_thread(_audit_view, output, top)
+
+    @api.get(
+        "/v1/jobs/{job_id}/audit/{name}",
+        tags=["audit"],
+        responses={200: {"content": {"image/png": {}, "text/markdown": {}}}},
+    )
+    async def get_audit_file(
+        self,
+        job_id: str,
+        name: str,
+        authorization: str | None = Header(None),
+    ) -> Response:
+        """A finished audit's grids (outliers.png, label_errors.png) or its report (audit.md)."""
+        self.check_token(authorization)
+        if name not in AUDIT_FILES:
+            raise ApiError(404, "not found", f"no audit file {name!r}; valid: {', '.join(AUDIT_FILES)}")
+        output = await self._finished_output(job_id, name, kind="audit")
+        return Response((location(output) / name).read_bytes(), media_type=AUDIT_FILES[name])
 
     @api.delete("/v1/jobs/{job_id}", tags=["jobs"])
     async def cancel_job(
@@ -589,6 +830,34 @@ class Ingress:
         """Cancel a queued or running job (it stops at the next shard boundary)."""
         self.check_token(authorization)
         return _job_view(await self._call(self.queue.cancel.remote(job_id)), request)
+
+
+AUDIT_COLUMNS = ("index", "label", "label_name", "nll", "outlier_percentile", "suggested_label")
+AUDIT_COLUMNS += ("suggested_name", "label_error", "margin")
+AUDIT_FILES = {OUTLIER_GRID: "image/png", LABEL_ERROR_GRID: "image/png", REPORT_FILE: "text/markdown"}
+
+
+def _audit_view(output: str, top: int) -> dict[str, Any]:
+    """An audit's manifest summary and its ``top`` rows by outlier percentile and by label-error score."""
+    import pyarrow.parquet as pq
+
+    out = location(output)
+    manifest = (out / "manifest.json").read_json()
+    data = out / shards.DATA_DIR
+    rows = pq.read_table(data.path, filesystem=data.fs, columns=list(AUDIT_COLUMNS)).to_pandas()
+    by_outlier = rows.sort_values(["outlier_percentile", "nll"], ascending=False, kind="stable")
+    by_error = rows.sort_values(["label_error", "margin"], ascending=False, kind="stable")
+
+    def records(df) -> list[dict[str, Any]]:
+        return json.loads(df.head(top).to_json(orient="records"))  # NaN -> null
+
+    return {
+        "request": manifest["request"],
+        "summary": manifest["audit"],
+        "classes": manifest["classes"],
+        "outliers": records(by_outlier),
+        "label_errors": records(by_error),
+    }
 
 
 def build_app(args: dict[str, Any] | None = None) -> serve.Application:

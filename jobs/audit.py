@@ -47,7 +47,7 @@ from jobs.entry import JsonRecord, job_main
 from jobs.generate import lineage, new_job_id
 from jobs.rayinit import ray_session
 from jobs.store import png, shards
-from jobs.store.location import Location, location, resolve_home, validate_name
+from jobs.store.location import Location, location, resolve_home, validate_name, write_json_atomic
 from jobs.store.manifest import cleanup_temp, mark_success, write_manifest
 from jobs.store.registry import ModelVersion, Registry
 from models.audit import AuditConfig, OutlierReference, score
@@ -101,7 +101,8 @@ class AuditSpec(JsonRecord):
         return range(shard * self.shard_rows, min((shard + 1) * self.shard_rows, self.num_images))
 
 
-def _in_range(value: Any, name: str, low: int, high: int) -> int:
+def check_range(value: Any, name: str, low: int, high: int) -> int:
+    """``value`` if it is an integer in ``low..high``; ValueError naming it and the range otherwise."""
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise ValueError(f"{name} {value!r} is out of range; valid: an integer in {low}..{high}")
     return value
@@ -119,6 +120,13 @@ def load_images(spec: str, split: str, shape: Sequence[int], classes: Sequence[s
     return ds
 
 
+def check_cvae_version(mv: ModelVersion) -> ModelVersion:
+    """``mv`` if it is a cVAE (from its model.json, nothing loaded); ValueError naming its type otherwise."""
+    if mv.info.get("type") != "cvae":
+        raise ValueError(f"audit needs a cvae model; {mv.ref} is a {mv.info.get('type')}")
+    return mv
+
+
 def validate_audit(
     req: Mapping[str, Any], home: str | None = None, *, job_id: str, allow_existing: bool = False
 ) -> tuple[AuditSpec, ImageDataset]:
@@ -129,9 +137,7 @@ def validate_audit(
     output that escapes the root or is not empty raise ``ValueError`` naming the value.
     """
     root = resolve_home(home)
-    mv = Registry(root).resolve(str(req.get("model") or ""))
-    if mv.info.get("type") != "cvae":
-        raise ValueError(f"audit needs a cvae model; {mv.ref} is a {mv.info.get('type')}")
+    mv = check_cvae_version(Registry(root).resolve(str(req.get("model") or "")))
     classes, shape = tuple(mv.info["classes"]), tuple(int(d) for d in mv.info["image_shape"])
     reference = req.get("reference") or (mv.info.get("data") or {}).get("spec")
     if not reference:
@@ -142,10 +148,10 @@ def validate_audit(
         **{"shard_rows": DEFAULT_SHARD_ROWS, "samples": AuditConfig().samples, "seed": 0, "top": 100},
         **{k: v for k, v in given.items() if v is not None},
     }
-    shard_rows = _in_range(given["shard_rows"], "shard_rows", 1, 100_000)
-    samples = _in_range(given["samples"], "samples", 1, 4096)
-    seed = _in_range(given["seed"], "seed", 0, shards.MAX_SEED)
-    top = _in_range(given["top"], "top", *TOP_RANGE)
+    shard_rows = check_range(given["shard_rows"], "shard_rows", 1, 100_000)
+    samples = check_range(given["samples"], "samples", 1, 4096)
+    seed = check_range(given["seed"], "seed", 0, shards.MAX_SEED)
+    top = check_range(given["top"], "top", *TOP_RANGE)
     out = root.confine(req.get("out") or root.join("audits", validate_name(job_id, "job id")).uri)
     kind = out.info().type
     if kind == pafs.FileType.File or (kind == pafs.FileType.Directory and out.list() and not allow_existing):
@@ -331,22 +337,73 @@ def _run_tasks(refs: list[ray.ObjectRef], progress, what: str) -> list[Any]:
     return [results[r] for r in refs]
 
 
-def fit_reference(spec: AuditSpec, home: Location, progress=print) -> OutlierReference:
-    """The outlier reference: nll of the first ``REFERENCE_PER_CLASS`` training images of each class
-    of ``spec.reference``, scored as the audit scores (same K and seed) in Ray tasks."""
+def reference_images(spec: AuditSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """The images (R, C, H, W) and labels (R,) behind the outlier reference: the first
+    ``REFERENCE_PER_CLASS`` training images of each class of ``spec.reference``."""
     ds = load_images(spec.reference, "train", spec.image_shape, spec.classes)
     keep = torch.cat(
         [torch.nonzero(ds.labels == c)[:REFERENCE_PER_CLASS, 0] for c in range(len(spec.classes))]
     )
-    images, labels = ds.images[keep], ds.labels[keep]  # (R, C, H, W), (R,)
+    return ds.images[keep], ds.labels[keep]
+
+
+def reference_chunks(spec: AuditSpec, count: int) -> list[range]:
+    """The ``count`` reference images in chunks of ``spec.shard_rows``: one scoring call each."""
+    return [range(i, min(i + spec.shard_rows, count)) for i in range(0, count, spec.shard_rows)]
+
+
+def fit_reference(spec: AuditSpec, home: Location, progress=print) -> OutlierReference:
+    """The outlier reference: nll of ``reference_images``, scored as the audit scores (same K and seed)
+    in Ray tasks."""
+    images, labels = reference_images(spec)  # (R, C, H, W), (R,)
     remote = _remote(_nll_task)
-    step = spec.shard_rows
     refs = [
-        remote.remote(home.uri, spec.to_dict(), images[i : i + step], labels[i : i + step])
-        for i in range(0, len(labels), step)
+        remote.remote(home.uri, spec.to_dict(), images[r.start : r.stop], labels[r.start : r.stop])
+        for r in reference_chunks(spec, len(labels))
     ]
     nll = torch.cat(_run_tasks(refs, progress, "reference chunk"))
     return OutlierReference.fit(nll, labels, len(spec.classes), spec.config)
+
+
+def version_reference(mv: ModelVersion, config: AuditConfig) -> Location:
+    """Where a model version keeps the outlier reference of its own training data for ``config``
+    (K and seed: percentiles only compare scores estimated the same way)."""
+    return mv.location / f"audit_reference_k{config.samples}_seed{config.seed}.json"
+
+
+def load_version_reference(mv: ModelVersion, config: AuditConfig) -> OutlierReference | None:
+    """The version's outlier reference for ``config``, or None when no audit has computed one yet."""
+    try:
+        return OutlierReference.from_dict(version_reference(mv, config).read_json())
+    except FileNotFoundError:
+        return None
+
+
+def save_version_reference(mv: ModelVersion, spec: AuditSpec, reference: OutlierReference) -> bool:
+    """Keep ``reference`` beside the version when it was fitted on the model's own training data
+    (what ``POST /v1/score`` compares against); True if it was written."""
+    if spec.reference != (mv.info.get("data") or {}).get("spec"):
+        return False
+    write_json_atomic(version_reference(mv, spec.config), reference.to_dict())
+    return True
+
+
+def open_output(spec: AuditSpec) -> OutlierReference | None:
+    """Claim (or resume) the output folder: its request recorded, temporary files removed; returns the
+    reference an earlier run saved there, if any."""
+    out = location(spec.output)
+    _claim_output(spec, out)
+    cleanup_temp(spec.output)
+    try:
+        return OutlierReference.from_dict(out.join(REFERENCE_FILE).read_json())
+    except FileNotFoundError:
+        return None
+
+
+def shard_inputs(spec: AuditSpec, ds: ImageDataset, shard: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The images and labels of shard ``shard``: its rows of the split."""
+    rows = spec.shard_range(shard)
+    return ds.images[rows.start : rows.stop], ds.labels[rows.start : rows.stop]
 
 
 def _claim_output(spec: AuditSpec, out: Location) -> None:
@@ -371,11 +428,8 @@ def run_audit(
     mv = Registry(root).resolve(spec.model)
     out = location(spec.output)
     started = time.perf_counter()
-    _claim_output(spec, out)
-    cleanup_temp(spec.output)
-    try:
-        reference = OutlierReference.from_dict(out.join(REFERENCE_FILE).read_json())
-    except FileNotFoundError:
+    reference = open_output(spec)
+    if reference is None:
         reference = fit_reference(spec, root, progress)
         out.join(REFERENCE_FILE).write_json(reference.to_dict())
     done = {k: info for k in range(spec.num_shards) if (info := committed_shard(spec, k))}
@@ -383,11 +437,10 @@ def run_audit(
         progress(f"resuming: {len(done)}/{spec.num_shards} shards already committed")
     remote = _remote(_shard_task)
     todo = [k for k in range(spec.num_shards) if k not in done]
-    refs = []
-    for k in todo:
-        rows = spec.shard_range(k)
-        images, labels = ds.images[rows.start : rows.stop], ds.labels[rows.start : rows.stop]
-        refs.append(remote.remote(root.uri, spec.to_dict(), k, images, labels, reference.to_dict()))
+    refs = [
+        remote.remote(root.uri, spec.to_dict(), k, *shard_inputs(spec, ds, k), reference.to_dict())
+        for k in todo
+    ]
     for info in _run_tasks(refs, progress, "shard"):
         done[int(info["shard"])] = info
     cleanup_temp(spec.output)  # left by a task whose worker died mid-write (its retry wrote the shard)
