@@ -1,6 +1,6 @@
 """``make bench``: every benchmark side by side, written to benchmarks/results.json and RESULTS.md.
 
-    python -m benchmarks.run [--only generation,serving,serving-proxy,training,loader] [--quick]
+    python -m benchmarks.run [--only generation,serving,serving-proxy,audit-serving,training,loader] [--quick]
 
 Each row compares genaug with the plainest way to do the same work, measured in the same run: ratios are
 what hold on a noisy 2-core machine; absolute figures count only on a GPU (benchmarks/gpu.py).
@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SUITES = ("generation", "serving", "serving-proxy", "training", "loader")
+SUITES = ("generation", "serving", "serving-proxy", "audit-serving", "training", "loader")
 OPTIONAL = ("load",)  # only with --only: benchmarks/load.py (60 s, 50 clients; --quick: 10 s, 10)
 
 
@@ -29,8 +29,11 @@ def _rows(suite: str, quick: bool) -> list[dict]:
     if suite in ("serving", "serving-proxy"):  # own processes: the ingress is chosen before Ray starts
         cmd = [sys.executable, "-m", "benchmarks.serving", "--requests", "50" if quick else "200"]
         cmd += ["--ingress", "proxy"] if suite == "serving-proxy" else []
-        done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True)
-        return json.loads(done.stdout)
+        return _process_rows(cmd)
+    if suite == "audit-serving":  # its own process too, for the same reason
+        return _process_rows(
+            [sys.executable, "-m", "benchmarks.audit_serving", "--requests", "30" if quick else "100"]
+        )
     if suite == "load":
         from benchmarks import load
 
@@ -42,6 +45,11 @@ def _rows(suite: str, quick: bool) -> list[dict]:
     from benchmarks import loader_bench
 
     return loader_bench.run()
+
+
+def _process_rows(cmd: list[str]) -> list[dict]:
+    """The rows a benchmark module prints as JSON, run as its own process."""
+    return json.loads(subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True).stdout)
 
 
 def write_results(rows: list[dict], command: str, started: float) -> None:

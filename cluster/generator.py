@@ -54,6 +54,7 @@ from models.sampling import denormalize_uint8, generate_many_uint8, normalize_ui
 
 __all__ = ["Generator", "ModelUnavailable", "SampleRequest", "Sampler"]
 
+SCORE_CHUNK_DECODES = 4096  # decoder passes per forward chunk of /v1/score (images x K): bounds memory
 MAX_NPZ_UNPACKED = 64 << 20  # bytes an uploaded npz may inflate to (a 1 MiB body could be a zip bomb)
 INLINE_SAMPLES = 256  # a merged batch up to this many samples runs on the event loop (about a ms on CPU):
 # handing it to a worker thread costs two thread wake-ups, 0.3 ms at p50 but 5 ms at p90 on a busy 2-core box
@@ -88,7 +89,7 @@ class Sampler:
         self._models: collections.OrderedDict[str, tuple[Any, list[str]]] = collections.OrderedDict()
         self._lock = threading.Lock()
         self.load_times: dict[str, float] = {}
-        self._references: dict[tuple[str, AuditConfig], OutlierReference] = {}
+        self._references: dict[tuple[str, int, int], OutlierReference] = {}
 
     @property
     def loaded(self) -> list[str]:
@@ -176,9 +177,10 @@ class Sampler:
         """``POST /v1/score``'s JSON body: per image nll, outlier percentile, p(c | x), suggested label."""
         ref = request["model"]
         model, x, labels = self.audit_inputs(request)
-        config = AuditConfig(
-            samples=int(request.get("samples", AuditConfig.samples)), seed=int(request.get("seed", 0))
-        )
+        k = int(request.get("samples", AuditConfig.samples))
+        # the whole request in one forward chunk where it fits (scores do not depend on the chunking)
+        chunk = max(1, min(len(labels), SCORE_CHUNK_DECODES // k))
+        config = AuditConfig(samples=k, seed=int(request.get("seed", 0)), batch_size=chunk)
         reference = self.reference(ref, config)
         s = score(model, x, torch.from_numpy(labels), config, reference)
         classes = self.classes(ref)
@@ -224,7 +226,7 @@ class Sampler:
         """The outlier reference kept beside version ``ref`` for ``config`` (see
         ``jobs.audit.version_reference``), cached once found (it is written once); looked for again on
         each call while there is none."""
-        key = (ref, config)
+        key = (ref, config.samples, config.seed)  # the chunk size does not change scores
         if key not in self._references:
             found = load_version_reference(self.registry.resolve(ref), config)
             if found is None:
