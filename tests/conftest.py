@@ -135,37 +135,28 @@ class S3Server:
         return name
 
 
-@pytest.fixture(scope="session")
-def s3_server(tmp_path_factory) -> S3Server:
-    """Start ``python -m moto.server`` on a free loopback port for the session; stop it at the end."""
+@contextlib.contextmanager
+def local_server(argv: list[str], ready_url: str, log_dir: Path, what: str) -> Iterator[None]:
+    """Run ``argv`` (a loopback test server) until the block ends; wait up to 60 s for ``ready_url``."""
     import subprocess
-    import sys
     import time
     import urllib.request
 
-    from jobs.rayinit import free_port
-
-    port = free_port()
-    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    server = S3Server(port)
+    log = open(log_dir / "server.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
     while True:
         try:
-            with urllib.request.urlopen(f"{server.endpoint}/moto-api/", timeout=2):
+            with urllib.request.urlopen(ready_url, timeout=2):
                 break
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
                 log.close()
-                raise RuntimeError(f"moto server did not start on port {port} (see {log.name})") from None
+                raise RuntimeError(f"{what} did not start at {ready_url} (see {log.name})") from None
             time.sleep(0.1)
     try:
-        yield server
+        yield
     finally:
         proc.terminate()
         try:
@@ -173,6 +164,20 @@ def s3_server(tmp_path_factory) -> S3Server:
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory) -> Iterator[S3Server]:
+    """Start ``python -m moto.server`` on a free loopback port for the session; stop it at the end."""
+    import sys
+
+    from jobs.rayinit import free_port
+
+    server = S3Server(free_port())
+    port = server.endpoint.rsplit(":", 1)[1]
+    argv = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", port]
+    with local_server(argv, f"{server.endpoint}/moto-api/", tmp_path_factory.mktemp("moto"), "moto server"):
+        yield server
 
 
 @pytest.fixture
@@ -217,41 +222,19 @@ class GCSServer:
 
 
 @pytest.fixture(scope="session")
-def gcs_server(tmp_path_factory) -> GCSServer:
+def gcs_server(tmp_path_factory) -> Iterator[GCSServer]:
     """Start ``gcp-storage-emulator`` (in memory) on a free loopback port for the session."""
-    import subprocess
     import sys
-    import time
-    import urllib.request
 
     from jobs.rayinit import free_port
 
     pytest.importorskip("gcp_storage_emulator", reason="the GCS emulator is a dev extra: pip install .[dev]")
-    port = free_port()
-    log = open(tmp_path_factory.mktemp("gcs") / "gcs.log", "wb")  # noqa: SIM115 - closed below
+    server = GCSServer(free_port())
+    port = server.endpoint.rsplit(":", 1)[1]
     argv = [sys.executable, "-m", "gcp_storage_emulator", "start", "--host=127.0.0.1", f"--port={port}"]
-    proc = subprocess.Popen([*argv, "--in-memory"], stdout=log, stderr=subprocess.STDOUT)
-    server = GCSServer(port)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            with urllib.request.urlopen(f"{server.endpoint}/storage/v1/b?project=genaug-test", timeout=2):
-                break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                log.close()
-                raise RuntimeError(f"GCS emulator did not start on port {port} (see {log.name})") from None
-            time.sleep(0.1)
-    try:
+    ready = f"{server.endpoint}/storage/v1/b?project=genaug-test"
+    with local_server([*argv, "--in-memory"], ready, tmp_path_factory.mktemp("gcs"), "GCS emulator"):
         yield server
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 @pytest.fixture

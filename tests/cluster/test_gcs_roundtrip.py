@@ -19,22 +19,15 @@ from cluster import cli
 from jobs.store.location import location, state_dir
 from jobs.store.manifest import read_manifest
 from jobs.store.registry import Registry
-from tests.cluster.test_s3_roundtrip import _files, _run
+from tests.cluster.test_s3_roundtrip import _files, _generate_wait, _train
 
 pytestmark = pytest.mark.slow
 
 
 def test_train_register_generate_verify_read_back_on_gcs(gs_root, tmp_path, capsys):
-    cwd = tmp_path / "cwd"  # nothing may land on local disk but the queue database
-    cwd.mkdir()
     timings: dict[str, float] = {}
-    started = time.perf_counter()
-
-    out = _run(
-        ["cluster.cli", "train", "--home", gs_root, "--model", "cvae", "--dataset", "digits",
-         "--name", "gcs-cvae", "--workers", "1", "--epochs", "1", "--checkpoint-every", "1"],
-        cwd, timings, "train",
-    )  # fmt: skip
+    (cwd := tmp_path / "cwd").mkdir()  # nothing may land on local disk but the queue database
+    out = _train(gs_root, "gcs-cvae", cwd, timings)
     assert "registered gcs-cvae:v1" in out
     files = _files(gs_root)
     ckpts = [
@@ -47,13 +40,7 @@ def test_train_register_generate_verify_read_back_on_gcs(gs_root, tmp_path, caps
         f.rsplit("/", 1)[1] for f in files if f.startswith("models/gcs-cvae/v1/")
     }
 
-    out = _run(
-        ["cluster.cli", "generate", "--home", gs_root, "--model", "gcs-cvae", "--counts", "0=20,3=7",
-         "--shard-rows", "10", "--seed", "2", "--wait"],
-        cwd, timings, "generate (service)",
-    )  # fmt: skip
-    job_id = out.split()[0]
-    output = f"{gs_root}/datasets/{job_id}"
+    out, job_id, output = _generate_wait(gs_root, "gcs-cvae", "0=20,3=7", "10", cwd, timings)
     assert f"output: {output}" in out and "rows: 27 in 3 shards" in out
 
     t0 = time.perf_counter()
@@ -86,4 +73,3 @@ def test_train_register_generate_verify_read_back_on_gcs(gs_root, tmp_path, caps
     assert list(cwd.iterdir()) == []
     assert (state_dir(gs_root) / "queue.sqlite").is_file()
     print("\nGCS round trip timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
-    print(f"GCS round trip total: {time.perf_counter() - started:.1f} s")

@@ -45,6 +45,22 @@ def _run(argv: list[str], cwd: Path, timings: dict, label: str) -> str:
     return proc.stdout
 
 
+def _train(root: str, name: str, cwd: Path, timings: dict) -> str:
+    """``genaug train`` (cVAE on digits, 1 worker, 1 epoch, a checkpoint) into ``root``; its stdout."""
+    argv = ["cluster.cli", "train", "--home", root, "--model", "cvae", "--dataset", "digits", "--name", name,
+            "--workers", "1", "--epochs", "1", "--checkpoint-every", "1"]  # fmt: skip
+    return _run(argv, cwd, timings, "train")
+
+
+def _generate_wait(root: str, model: str, counts: str, shard_rows: str, cwd: Path, timings: dict):
+    """``genaug generate --wait`` through the embedded service; its stdout, the job id and its output URI."""
+    argv = ["cluster.cli", "generate", "--home", root, "--model", model, "--counts", counts,
+            "--shard-rows", shard_rows, "--seed", "5", "--wait"]  # fmt: skip
+    out = _run(argv, cwd, timings, "generate (service)")
+    job_id = out.split()[0]
+    return out, job_id, f"{root}/datasets/{job_id}"
+
+
 def _files(root: str) -> list[str]:
     loc = location(root)
     return [loc.child(i).relative_to(loc) for i in loc.list(recursive=True) if i.type.name == "File"]
@@ -57,11 +73,7 @@ def test_train_register_generate_read_back_verify_on_s3(s3_root, tmp_path, capsy
     started = time.perf_counter()
 
     # 1. train (1 worker, 1 epoch) and register
-    out = _run(
-        ["cluster.cli", "train", "--home", s3_root, "--model", "cvae", "--dataset", "digits",
-         "--name", "s3-cvae", "--workers", "1", "--epochs", "1", "--checkpoint-every", "1"],
-        cwd, timings, "train",
-    )  # fmt: skip
+    out = _train(s3_root, "s3-cvae", cwd, timings)
     assert "registered s3-cvae:v1" in out and f"samples: {s3_root}/models/s3-cvae/v1/samples.png" in out
     files = _files(s3_root)
     # Ray Train's checkpoint, written by the worker straight to S3, next to Ray's own run files
@@ -77,13 +89,7 @@ def test_train_register_generate_read_back_verify_on_s3(s3_root, tmp_path, capsy
     assert cli.main(["models", "--home", s3_root]) == 0 and "s3-cvae:v1" in capsys.readouterr().out
 
     # 2. generate through the service (embedded: queue owner + Serve replicas write to S3)
-    out = _run(
-        ["cluster.cli", "generate", "--home", s3_root, "--model", "s3-cvae", "--counts", "0=120,3=45,9=7",
-         "--shard-rows", "50", "--seed", "5", "--wait"],
-        cwd, timings, "generate (service)",
-    )  # fmt: skip
-    job_id = out.split()[0]
-    output = f"{s3_root}/datasets/{job_id}"
+    out, job_id, output = _generate_wait(s3_root, "s3-cvae", "0=120,3=45,9=7", "50", cwd, timings)
     assert f"output: {output}" in out and "rows: 172 in 4 shards" in out
 
     # 3. generate as a standalone Ray job; lose a shard and the marker, rerun: the same bytes come back
