@@ -113,6 +113,9 @@ const FIELD_PATTERNS = [
   [/\bshard_rows\b|shards is above/, () => "shard_rows"],
   [/\bseed\b/, () => "seed"],
   [/\bfilter\b/, () => "filter"],
+  [/^(dataset|reference) |\bdataset\b/, () => "dataset"],
+  [/\bsamples\b/, () => "samples"],
+  [/\btop\b/, () => "top"],
   [/\boutput\b|\bout\b|storage root/, () => "out"],
   [/\bmodel\b/, () => "model"],
   [/\bcounts\b|total rows/, () => "counts"],
@@ -502,7 +505,8 @@ function upsertJob(job, first = false) {
         "td",
         {},
         el("button", { type: "button", class: "small job-cancel", text: "Cancel", onclick: () => cancelJob(job.id) }),
-        el("button", { type: "button", class: "small job-open", text: "Manifest & card", onclick: () => openJob(job.id) })
+        el("button", { type: "button", class: "small job-open", text: "Manifest & card", onclick: () => openJob(job.id) }),
+        el("button", { type: "button", class: "small job-audit", text: "Audit results", onclick: () => openAudit(job.id) })
       )
     );
     if (first) body.prepend(row);
@@ -521,6 +525,12 @@ function upsertJob(job, first = false) {
   $(".job-created", row).textContent = job.created_at ? new Date(job.created_at * 1000).toLocaleString() : "";
   $(".job-cancel", row).hidden = FINISHED.has(job.status);
   $(".job-open", row).hidden = job.status !== "succeeded";
+  $(".job-audit", row).hidden = !(job.spec && job.spec.kind === "audit");
+}
+
+function openAudit(id) {
+  location.hash = "#audit";
+  showAudit(id);
 }
 
 async function refreshJobs() {
@@ -575,11 +585,144 @@ async function openJob(id) {
   panel.scrollIntoView();
 }
 
+// ------------------------------------------------------------------ audit
+
+let auditShown = null; // the job id whose result the Audit tab shows (polling stops when it changes)
+const auditUrls = [];
+
+function fillAuditModels() {
+  const select = $("#audit-model");
+  const current = select.value;
+  select.replaceChildren();
+  for (const [ref, v] of models) if (v.type === "cvae") select.append(el("option", { value: ref, text: ref }));
+  if (models.has(current) && models.get(current).type === "cvae") select.value = current;
+  auditModelChanged();
+}
+
+function auditModelChanged() {
+  const v = models.get($("#audit-model").value);
+  const input = $("#audit-dataset");
+  input.placeholder = v && v.dataset ? `${v.dataset} (its training data)` : "digits";
+  if (!input.value && v && v.dataset) input.value = v.dataset;
+}
+
+// Dataset choices: built-in data, each cVAE's training data, and the outputs of finished generation jobs.
+async function fillAuditDatasets() {
+  const specs = new Set(["digits", "shapes"]);
+  for (const v of models.values()) if (v.type === "cvae" && v.dataset) specs.add(v.dataset);
+  try {
+    const { jobs } = await api("GET", "v1/jobs?status=succeeded&limit=100");
+    for (const j of jobs) if (!(j.spec && j.spec.kind === "audit") && j.output) specs.add(`parquet:${j.output}`);
+  } catch (_) {
+    // the list is a convenience: any spec may be typed
+  }
+  $("#audit-datasets").replaceChildren(...[...specs].map((s) => el("option", { value: s })));
+}
+
+async function runAudit(event) {
+  event.preventDefault();
+  const form = $("#audit-form");
+  clearErrors(form);
+  const body = { kind: "audit", model: $("#audit-model").value, dataset: $("#audit-dataset").value.trim(), split: $("#audit-split").value };
+  for (const field of ["samples", "top"]) {
+    const n = numberOrText($(`#audit-${field}`).value);
+    if (n !== undefined) body[field] = n;
+  }
+  await busy($("#audit-run"), async () => {
+    try {
+      const job = await api("POST", "v1/jobs", body);
+      showAudit(job.id);
+    } catch (e) {
+      showError(form, e);
+    }
+  });
+}
+
+function showAudit(id) {
+  auditShown = id;
+  $("#audit-result").hidden = false;
+  $("#audit-report").hidden = true;
+  $("#audit-title").textContent = `Audit ${id}`;
+  $("#audit-status").textContent = "queued…";
+  $("#audit-status").classList.remove("error");
+  pollAudit(id);
+}
+
+async function pollAudit(id) {
+  if (auditShown !== id) return;
+  let job;
+  try {
+    job = await api("GET", `v1/jobs/${encodeURIComponent(id)}`);
+  } catch (e) {
+    $("#audit-status").textContent = `Could not load the job: ${e.message}`;
+    $("#audit-status").classList.add("error");
+    return;
+  }
+  $("#audit-progress").value = job.status === "succeeded" ? 1 : job.progress || 0;
+  const spec = job.spec || {};
+  $("#audit-title").textContent = `Audit ${id}: ${spec.dataset || ""} (${spec.split || ""}) by ${spec.model || ""}`;
+  if (job.status === "succeeded") {
+    await showAuditReport(id);
+    return;
+  }
+  const status = $("#audit-status");
+  status.textContent = job.status === "failed" ? `failed: ${job.error}` : `${job.status}: ${progressText(job)}`;
+  status.classList.toggle("error", job.status === "failed");
+  if (!FINISHED.has(job.status)) setTimeout(() => pollAudit(id), POLL_MS);
+}
+
+async function showAuditReport(id) {
+  const top = numberOrText($("#audit-top").value) || 20;
+  const path = `v1/jobs/${encodeURIComponent(id)}/audit`;
+  const [view, outliers, errors] = await Promise.all([
+    api("GET", `${path}?top=${encodeURIComponent(top)}`),
+    api("GET", `${path}/outliers.png`, undefined, "blob"),
+    api("GET", `${path}/label_errors.png`, undefined, "blob"),
+  ]);
+  if (auditShown !== id) return;
+  while (auditUrls.length) URL.revokeObjectURL(auditUrls.pop());
+  for (const [img, { blob }] of [[$("#audit-outliers-grid"), outliers], [$("#audit-errors-grid"), errors]]) {
+    auditUrls.push(URL.createObjectURL(blob));
+    img.src = auditUrls[auditUrls.length - 1];
+  }
+  const s = view.summary;
+  $("#audit-summary").replaceChildren(
+    ...[
+      ["images", fmtNumber(s.images)],
+      ["importance samples K", s.importance_samples_K],
+      ["mean nll (nats)", fmtNumber(s.mean_nll_nats)],
+      ["suggested label differs", fmtNumber(s.suggested_differs)],
+      ["label-error score > 0.5", fmtNumber(s["label_error_above_0.5"])],
+      ["outlier percentile > 99", fmtNumber(s.outlier_percentile_above_99)],
+    ].flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: String(v) })])
+  );
+  auditTable($("#audit-outliers"), view.outliers);
+  auditTable($("#audit-errors"), view.label_errors);
+  $("#audit-status").textContent = `succeeded: ${fmtNumber(s.images)} images scored`;
+  $("#audit-report").hidden = false;
+}
+
+const AUDIT_COLUMNS = [
+  ["Index", (r) => r.index],
+  ["Label", (r) => r.label_name],
+  ["nll (nats)", (r) => fmtNumber(r.nll, 4)],
+  ["Outlier percentile", (r) => (r.outlier_percentile === null ? "–" : fmtNumber(r.outlier_percentile, 3))],
+  ["Suggested", (r) => r.suggested_name],
+  ["Label error", (r) => fmtNumber(r.label_error, 3)],
+];
+
+function auditTable(table, rows) {
+  table.replaceChildren(
+    el("thead", {}, el("tr", {}, AUDIT_COLUMNS.map(([name]) => el("th", { text: name })))),
+    el("tbody", {}, rows.map((r) => el("tr", { dataset: { index: r.index } }, AUDIT_COLUMNS.map(([, cell]) => el("td", { text: cell(r) })))))
+  );
+}
+
 // ------------------------------------------------------------------ tabs and start-up
 
 function currentTab() {
   const tab = location.hash.replace("#", "");
-  return ["models", "try", "jobs"].includes(tab) ? tab : "models";
+  return ["models", "try", "jobs", "audit"].includes(tab) ? tab : "models";
 }
 
 async function showTab() {
@@ -587,6 +730,7 @@ async function showTab() {
   for (const s of $$(".tab")) s.hidden = s.id !== `tab-${tab}`;
   for (const a of $$("nav a")) a.classList.toggle("active", a.dataset.tab === tab);
   if (tab === "jobs") startPolling();
+  if (tab === "audit") fillAuditDatasets();
 }
 
 async function start() {
@@ -606,6 +750,8 @@ async function start() {
   }
   $("#token-dialog").addEventListener("cancel", (e) => e.preventDefault()); // Esc: nothing works without it
   $("#job-detail-close").addEventListener("click", () => ($("#job-detail").hidden = true));
+  $("#audit-form").addEventListener("submit", runAudit);
+  $("#audit-model").addEventListener("change", auditModelChanged);
   window.addEventListener("hashchange", showTab);
   showTab();
   await showModels();
@@ -613,6 +759,8 @@ async function start() {
     fillModelSelect($("select[name=model]", form));
     fillClassInputs(form);
   }
+  fillAuditModels();
+  if (currentTab() === "audit") fillAuditDatasets();
   document.body.dataset.ready = "1";
 }
 
