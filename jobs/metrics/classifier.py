@@ -168,6 +168,14 @@ def predict(classifier: nn.Module, images: Tensor, batch: int = 1024) -> Tensor:
 
 
 @torch.no_grad()
+def class_probabilities(classifier: FeatureCNN, images: Tensor, batch: int = 1024) -> Tensor:
+    """Softmax class probabilities (N, num_classes) for images (N, C, S, S) in [-1, 1]."""
+    classifier.eval()
+    parts = [classifier(images[i : i + batch].float()).softmax(1) for i in range(0, len(images), batch)]
+    return torch.cat(parts) if parts else torch.zeros(0, classifier.head.out_features)
+
+
+@torch.no_grad()
 def extract_features(classifier: FeatureCNN, images: Tensor, batch: int = 1024) -> Tensor:
     """Penultimate-layer features (N, feature_dim) of images (N, C, S, S) in [-1, 1]."""
     classifier.eval()

@@ -36,19 +36,26 @@ def kth_nn_distance(x: Tensor | np.ndarray, k: int) -> Tensor:
     x = _as_f64(x)
     if not 1 <= k < len(x):
         raise ValueError(f"k={k} needs at least k+1 points; got {len(x)}; valid: 1 <= k < {len(x)}")
-    out = torch.empty(len(x), dtype=torch.float64)
-    for start, d in _chunks(x, x):
-        out[start : start + len(d)] = d.kthvalue(k + 1, dim=1).values  # k+1: the 0 distance to itself
+    return kth_nearest_distance(x, x, k + 1)  # k+1: the 0 distance to itself
+
+
+def kth_nearest_distance(a: Tensor | np.ndarray, b: Tensor | np.ndarray, k: int) -> Tensor:
+    """Distance (len(a),) from each row of ``a`` to its k-th nearest row of ``b`` (k = 1: the nearest).
+
+    A kNN novelty score when ``b`` is the training set: large for rows far from every training row.
+    """
+    a, b = _as_f64(a), _as_f64(b)
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= len(b):
+        raise ValueError(f"k={k!r} is out of range for {len(b)} reference rows; valid: 1 <= k <= {len(b)}")
+    out = torch.empty(len(a), dtype=torch.float64)
+    for start, d in _chunks(a, b):
+        out[start : start + len(d)] = d.kthvalue(k, dim=1).values
     return out
 
 
 def nearest_distance(a: Tensor | np.ndarray, b: Tensor | np.ndarray) -> Tensor:
     """Distance (len(a),) from each row of ``a`` to its nearest row of ``b``."""
-    a, b = _as_f64(a), _as_f64(b)
-    out = torch.empty(len(a), dtype=torch.float64)
-    for start, d in _chunks(a, b):
-        out[start : start + len(d)] = d.min(dim=1).values
-    return out
+    return kth_nearest_distance(a, b, 1)
 
 
 def fid(feats_a: Tensor | np.ndarray, feats_b: Tensor | np.ndarray) -> float:
