@@ -18,7 +18,8 @@ Shards run as Ray tasks (one per shard, as many at once as the cluster has CPUs)
 the images ``k * shard_rows ..`` of the split and its scores depend only on (model version, dataset,
 K, seed), so a run interrupted at any point resumes with the same ``--job-id``: committed shards are
 kept, temporary files removed, the missing shards written; the result has exactly one row per image.
-The job does not go through the service's queue (``genaug jobs`` does not list it).
+The job does not go through the service's queue (``genaug jobs`` does not list it); over HTTP an audit
+is a queue job (``cluster.dispatcher``) whose replicas write the same shards with ``write_audit_shard``.
 """
 
 from __future__ import annotations
