@@ -9,7 +9,15 @@ import shutil
 import httpx
 import pytest
 
-from tests.cluster.test_console import TOKEN, browser, choose, error_for, go, img_size  # noqa: F401 - fixture
+from tests.cluster.test_console import (  # noqa: F401 - browser and signed_in are fixtures
+    TOKEN,
+    browser,
+    choose,
+    error_for,
+    go,
+    img_size,
+    signed_in,
+)
 from tests.conftest import running_service
 
 pytestmark = pytest.mark.slow
@@ -24,20 +32,16 @@ def service(browser, ray_local, model_home, tmp_path_factory):  # noqa: F811 - t
 
 
 @pytest.fixture(scope="module")
-def page(browser, service):  # noqa: F811
+def page(browser, service):  # noqa: F811 - signed_in (test_console's) signs this page in
     url, _ = service
     tab = browser.new_page()
     tab.goto(url + "/#audit")
-    tab.wait("document.getElementById('token-dialog').open", what="the token dialog")
-    tab.type("#token-input", TOKEN)
-    tab.press_enter()
-    tab.wait("document.body.dataset.ready === '1'", what="the console to load its models")
     yield tab
-    assert tab.exceptions == [], tab.exceptions
     tab.close()
 
 
-def test_only_cvaes_are_offered_and_a_bad_dataset_is_named_beside_its_field(page):
+def test_only_cvaes_are_offered_and_a_bad_dataset_is_named_beside_its_field(signed_in):  # noqa: F811
+    page = signed_in
     go(page, "audit")
     assert page.js("[...document.querySelectorAll('#audit-model option')].map(o => o.value)") == [
         "tiny-cvae:v1"
@@ -53,7 +57,8 @@ def test_only_cvaes_are_offered_and_a_bad_dataset_is_named_beside_its_field(page
     assert page.js("document.getElementById('audit-result').hidden")
 
 
-def test_an_audit_runs_and_shows_its_grids_and_top_rows(page, service):
+def test_an_audit_runs_and_shows_its_grids_and_top_rows(signed_in, service):  # noqa: F811
+    page = signed_in
     url, home = service
     go(page, "audit")
     choose(page, "#audit-model", "tiny-cvae:v1")
