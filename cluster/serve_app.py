@@ -431,6 +431,35 @@ def _job_view(job: dict, request: Request) -> dict:
     return view
 
 
+AUDIT_COLUMNS = ("index", "label", "label_name", "nll", "outlier_percentile", "suggested_label")
+AUDIT_COLUMNS += ("suggested_name", "label_error", "margin")
+AUDIT_FILES = {OUTLIER_GRID: "image/png", LABEL_ERROR_GRID: "image/png", REPORT_FILE: "text/markdown"}
+
+
+# Module-level helpers of the Ingress must be defined above it: Serve pickles the class when it is decorated.
+def _audit_view(output: str, top: int) -> dict[str, Any]:
+    """An audit's manifest summary and its ``top`` rows by outlier percentile and by label-error score."""
+    import pyarrow.parquet as pq
+
+    out = location(output)
+    manifest = (out / "manifest.json").read_json()
+    data = out / shards.DATA_DIR
+    rows = pq.read_table(data.path, filesystem=data.fs, columns=list(AUDIT_COLUMNS)).to_pandas()
+    by_outlier = rows.sort_values(["outlier_percentile", "nll"], ascending=False, kind="stable")
+    by_error = rows.sort_values(["label_error", "margin"], ascending=False, kind="stable")
+
+    def records(df) -> list[dict[str, Any]]:
+        return json.loads(df.head(top).to_json(orient="records"))  # NaN -> null
+
+    return {
+        "request": manifest["request"],
+        "summary": manifest["audit"],
+        "classes": manifest["classes"],
+        "outliers": records(by_outlier),
+        "label_errors": records(by_error),
+    }
+
+
 def _console_file(name: str) -> Response:
     if name not in CONSOLE_FILES:
         raise ApiError(404, "not found", f"no console file {name!r}")
@@ -743,8 +772,9 @@ class Ingress:
         """Queue a generation job, or an audit (``kind: audit``); 202 with its id. ``Idempotency-Key`` makes
         retries return the same job."""
         self.check_token(authorization)
-        req = body.model_dump(exclude_none=True)
-        if req["kind"] == "generate":  # the request generation jobs have always taken
+        audit = body.kind == "audit"  # an audit gets only what was sent: no generation defaults
+        req = body.model_dump(exclude_none=True, exclude_unset=audit)
+        if not audit:  # the request generation jobs have always taken
             del req["kind"]
         roots = self.output_roots if self._output_token(authorization) else ()
         job = await self._call(self.queue.submit.remote(req, idempotency_key, roots))
@@ -830,34 +860,6 @@ class Ingress:
         """Cancel a queued or running job (it stops at the next shard boundary)."""
         self.check_token(authorization)
         return _job_view(await self._call(self.queue.cancel.remote(job_id)), request)
-
-
-AUDIT_COLUMNS = ("index", "label", "label_name", "nll", "outlier_percentile", "suggested_label")
-AUDIT_COLUMNS += ("suggested_name", "label_error", "margin")
-AUDIT_FILES = {OUTLIER_GRID: "image/png", LABEL_ERROR_GRID: "image/png", REPORT_FILE: "text/markdown"}
-
-
-def _audit_view(output: str, top: int) -> dict[str, Any]:
-    """An audit's manifest summary and its ``top`` rows by outlier percentile and by label-error score."""
-    import pyarrow.parquet as pq
-
-    out = location(output)
-    manifest = (out / "manifest.json").read_json()
-    data = out / shards.DATA_DIR
-    rows = pq.read_table(data.path, filesystem=data.fs, columns=list(AUDIT_COLUMNS)).to_pandas()
-    by_outlier = rows.sort_values(["outlier_percentile", "nll"], ascending=False, kind="stable")
-    by_error = rows.sort_values(["label_error", "margin"], ascending=False, kind="stable")
-
-    def records(df) -> list[dict[str, Any]]:
-        return json.loads(df.head(top).to_json(orient="records"))  # NaN -> null
-
-    return {
-        "request": manifest["request"],
-        "summary": manifest["audit"],
-        "classes": manifest["classes"],
-        "outliers": records(by_outlier),
-        "label_errors": records(by_error),
-    }
 
 
 def build_app(args: dict[str, Any] | None = None) -> serve.Application:

@@ -360,7 +360,7 @@ def test_bad_input_is_a_4xx_naming_the_problem_and_writes_nothing(service, route
     if route == "/v1/denoise":
         body = {k: v for k, v in body.items() if k != "samples"}
         if status == 422:
-            body["format"] = "gif"
+            body, needle = {**body, "format": "gif"}, "format"
     before = _files(home)
     r = client.post(route, json=body)
     assert r.status_code == status, r.text
@@ -400,6 +400,7 @@ def test_an_audit_job_through_the_queue_then_score_has_percentiles(service):
         p.name for p in out.iterdir()
     }
     view = client.get(f"/v1/jobs/{job['id']}/audit", params={"top": 4}).json()
+    assert "outliers" in view, view
     assert len(view["outliers"]) == 4 and view["summary"]["images"] == 898
     top = df.sort_values(["label_error", "margin"], ascending=False, kind="stable").head(4)
     assert [r["index"] for r in view["label_errors"]] == top["index"].tolist()
