@@ -11,7 +11,6 @@ import base64
 import io
 import json
 import shutil
-import time
 import zipfile
 from pathlib import Path
 
@@ -21,16 +20,19 @@ import pandas as pd
 import pytest
 import torch
 
-from cluster.dispatcher import _validate_audit_request
+from cluster.client import Client
+from cluster.dispatcher import NAMESPACE, QUEUE_ACTOR, _validate_audit_request
 from cluster.generator import MAX_NPZ_UNPACKED, Sampler, decode_images
 from cluster.serve_app import NPZ_MEDIA_TYPE, _NpzUpload, api
 from jobs.audit import AuditSpec, load_version_reference, save_version_reference, version_reference
+from jobs.audit import main as audit_main
 from jobs.data.spec import load_dataset
 from jobs.store.location import resolve_home
 from jobs.store.png import encode_pngs
 from jobs.store.registry import Registry
 from models.audit import AuditConfig, OutlierReference, score
 from models.sampling import denormalize_uint8, normalize_uint8
+from tests.cluster.test_service import wait_job, wait_shards
 from tests.conftest import running_service
 
 CLASSES = [str(i) for i in range(10)]
@@ -388,10 +390,7 @@ def test_an_audit_job_through_the_queue_then_score_has_percentiles(service):
     job = submitted.json()
     assert job["total_rows"] == 898 and job["total_shards"] == 3 and job["spec"]["kind"] == "audit"
     assert client.get(f"/v1/jobs/{job['id']}/audit").status_code in (409, 200)
-    deadline = time.monotonic() + 240
-    while job["status"] not in ("succeeded", "failed", "cancelled") and time.monotonic() < deadline:
-        time.sleep(0.5)
-        job = client.get(f"/v1/jobs/{job['id']}").json()
+    job = wait_job(Client(str(client.base_url), token=""), job["id"], timeout=240)
     assert job["status"] == "succeeded", job
     out = Path(job["output"])
     df = pd.read_parquet(out / "data")
@@ -434,3 +433,36 @@ def test_a_cgan_audit_job_is_refused_with_nothing_written(service):
     r = client.post("/v1/jobs", json={"kind": "audit", "model": "tiny-cgan", "dataset": "digits"})
     assert r.status_code == 400 and "audit needs a cvae model" in r.json()["detail"]
     assert _files(home) == before
+
+
+@pytest.mark.slow
+def test_an_audit_job_survives_killed_replica_and_queue_owner_with_the_clis_exact_shards(service):
+    """SIGKILL the generator replica, then the queue owner, mid-audit: the job resumes from its recorded
+    shards and its shards are byte for byte those `genaug audit` writes for the same request."""
+    import os
+    import signal
+
+    import ray
+
+    client, home = service
+    api_client = Client(str(client.base_url), token="")
+    request = {"model": "tiny-cvae", "dataset": "digits", "samples": 128, "shard_rows": 50, "seed": 5}
+    job = client.post("/v1/jobs", json={"kind": "audit", **request}).json()
+    wait_shards(api_client, job["id"], 2, timeout=180)
+    os.kill(client.get("/v1/stats").json()["generator"]["pid"], signal.SIGKILL)
+    wait_shards(api_client, job["id"], 6, timeout=180)
+    ray.kill(ray.get_actor(QUEUE_ACTOR, namespace=NAMESPACE), no_restart=False)
+    done = wait_job(api_client, job["id"], timeout=300)
+    assert done["status"] == "succeeded" and done["attempts"] >= 2, done
+    out = Path(done["output"])
+    assert sorted(pd.read_parquet(out / "data")["index"]) == list(range(898))
+    assert not [p for p in out.rglob(".tmp-*")]
+    argv = ["--home", str(home), "--model", "tiny-cvae", "--dataset", "digits", "--samples", "128"]
+    assert audit_main([*argv, "--shard-rows", "50", "--seed", "5", "--out", "audits/cli-same"]) == 0
+    cli = json.loads((home / "audits" / "cli-same" / "manifest.json").read_text())
+    queued = json.loads((out / "manifest.json").read_text())
+    assert [s["sha256"] for s in queued["shards"]] == [s["sha256"] for s in cli["shards"]]
+    assert (out / "reference.json").read_text() == (
+        home / "audits" / "cli-same" / "reference.json"
+    ).read_text()
+    (home / "models" / "tiny-cvae" / "v1" / "audit_reference_k128_seed5.json").unlink()
