@@ -3,14 +3,15 @@
 Launch (the run behind ``benchmarks/QUALITY.md``, "Audit on Fashion-MNIST")::
 
     python -m benchmarks.audit_quality --home /tmp/fmq/home --model fm-cvae:v1 \\
-        --cache /tmp/audit-quality --samples 16 --seeds 0,1,2 --json audit_quality.json
+        --cache /tmp/audit-quality --samples 16 --threads 1 --seeds 0,1,2 \\
+        --json benchmarks/audit_quality.json
 
 Protocol. The model is a registered cVAE; the images are the **test** split of its training data (or
 ``--dataset``), N images with their labels, in [-1, 1]. The audit's scores are those of ``models.audit``
 with K = ``--samples`` importance samples and noise seed ``--audit-seed`` (fixed across the seeds below, so
 the spread over seeds is that of the injections, flips and noise, not of the importance sampling).
 
-- **Outlier reference**: nll(x | y) of the first ``jobs.audit.REFERENCE_PER_CLASS`` (1,000) train images of
+- **Outlier reference**: nll(x | y) of the first ``REFERENCE_PER_CLASS`` (1,000) train images of
   each class, fitted with ``OutlierReference.fit``, exactly what ``genaug audit`` uses by default.
 - **Outliers**, one kind at a time: round(2 % of N) injected images are added to the N clean test images,
   each with a label drawn uniformly at random. Kinds: ``digits`` (scikit-learn's 1,797 digits, both splits,
@@ -54,7 +55,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from jobs.audit import REFERENCE_PER_CLASS, load_images
+from jobs.auditor.spec import REFERENCE_PER_CLASS, load_images
 from jobs.data.images import ImageDataset
 from jobs.data.spec import load_dataset
 from jobs.metrics.classifier import (
@@ -212,7 +213,8 @@ def outlier_figures(fx: Fixed, seed: int, share: float) -> dict[str, float]:
 
 
 def label_error_figures(fx: Fixed, seed: int, share: float) -> dict[str, float]:
-    """AUROC and precision at the flipped share for the audit's and the classifier's 1 - p(y | x)."""
+    """AUROC and precision at the flipped share for the audit's and the classifier's 1 - p(y | x), and for
+    the audit's -log p(y | x) (same order, unsaturated)."""
     n, c, y = len(fx.test), fx.test.num_classes, fx.test.labels
     count = max(1, round(share * n))
     flipped = torch.randperm(n, generator=generator(seed, 3))[:count]
@@ -221,12 +223,21 @@ def label_error_figures(fx: Fixed, seed: int, share: float) -> dict[str, float]:
     flags = torch.zeros(n, dtype=torch.bool)
     flags[flipped] = True
     posterior = torch.softmax(-fx.test_class_nll, dim=1)  # uniform class prior, as models.audit.score
+    # per scorer, a (N, C) table of "how suspect is label c": lowest = the class it reads
+    suspect = {
+        "audit": 1.0 - posterior,  # the audit's label_error column
+        # the same ranking without float64 saturation: 1 - p rounds to exactly 1.0 once p < 1e-16
+        "audit_logp": -torch.log_softmax(-fx.test_class_nll, dim=1),
+        "classifier": 1.0 - fx.test_probs.double(),
+    }
     out: dict[str, float] = {}
-    for name, probs in (("audit", posterior), ("classifier", fx.test_probs.double())):
-        score = 1.0 - probs.gather(1, given[:, None])[:, 0]
+    for name, table in suspect.items():
+        score = table.gather(1, given[:, None])[:, 0]
         out[f"label/auroc/{name}"] = auroc(score, flags)
         out[f"label/precision/{name}"] = precision_at(score, flags, count)
-        out[f"label/recovered/{name}"] = float((probs[flipped].argmax(1) == y[flipped]).double().mean())
+        out[f"label/recovered/{name}"] = float((table[flipped].argmin(1) == y[flipped]).double().mean())
+        if name != "audit_logp":  # a probability score: how many sit at exactly 1.0 (tied)
+            out[f"label/saturated/{name}"] = float((score >= 1.0).double().mean())
     return out
 
 
@@ -273,6 +284,8 @@ def run(args: argparse.Namespace, log: Log = _log) -> dict[str, Any]:
     """The whole protocol; returns the JSON-ready result (protocol, timing, per-seed and summary figures)."""
     started = time.perf_counter()
     timing: dict[str, float] = {}
+    if args.threads:
+        torch.set_num_threads(args.threads)
     mv = Registry(args.home).resolve(args.model)
     if mv.info.get("type") != "cvae":
         raise ValueError(f"audit quality needs a cvae model; {mv.ref} is a {mv.info.get('type')}")
@@ -364,6 +377,8 @@ def run(args: argparse.Namespace, log: Log = _log) -> dict[str, Any]:
 
 
 def _ms(summary: dict[str, dict[str, float]], key: str, digits: int = 3, unit: str = "") -> str:
+    if key not in summary:  # a figure an older run did not measure
+        return "-"
     s = summary[key]
     return f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}{unit}"
 
@@ -410,15 +425,18 @@ def render_markdown(result: dict[str, Any]) -> str:
             "audit 1 - p(y \\| x)",
             "baseline: classifier 1 - p(y \\| x)",
             "target",
+            "audit -log p(y \\| x)",
         ),
-        "|---|---|---|---|",
+        "|---|---|---|---|---|",
     ]
     for what, key, target in (
         ("AUROC", "auroc", TARGETS["label_auroc"]),
         ("precision at top 5 %", "precision", TARGETS["label_precision"]),
         ("true label recovered (argmax)", "recovered", "-"),
+        ("share of images whose score is exactly 1.0", "saturated", "-"),
     ):
-        lines.append(_row(what, _ms(s, f"label/{key}/audit"), _ms(s, f"label/{key}/classifier"), target))
+        audit, classifier, logp = (_ms(s, f"label/{key}/{n}") for n in ("audit", "classifier", "audit_logp"))
+        lines.append(_row(what, audit, classifier, target, logp))
     lines += [
         "",
         _row(
@@ -471,7 +489,7 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--seeds {args.seeds!r}; valid: one or more seeds >= 0, e.g. 0,1,2")
     if not args.sigmas or min(args.sigmas) <= 0:
         raise ValueError(f"--sigmas {args.sigmas!r}; valid: noise stds > 0 on the [0, 1] scale, e.g. 0.2,0.4")
-    for name in ("knn", "reference_per_class", "limit"):
+    for name in ("knn", "reference_per_class", "limit", "threads"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ValueError(f"--{name.replace('_', '-')} {value!r}; valid: an integer >= 1")
@@ -502,6 +520,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--reference-per-class", type=int, default=REFERENCE_PER_CLASS, help="outlier reference size"
     )
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--limit", type=int, default=None, help="use only the first N test images (rate checks)")
     p.add_argument("--json", default=None, help="write the result here as JSON")
     p.add_argument("--markdown", default=None, help="write the tables here")

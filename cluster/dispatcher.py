@@ -16,7 +16,7 @@ when they run on other nodes. The actor:
 
 Audit jobs (``kind: "audit"``, ``jobs.audit``) go the same way: the replicas first score the outlier
 reference in chunks (unless the output or the model version already holds it), then write the shards
-with ``jobs.audit.write_audit_shard``; the owner writes the report, manifest, card and ``_SUCCESS``
+with ``jobs.auditor.shards.write_audit_shard``; the owner writes the report, manifest, card and ``_SUCCESS``
 (``finalize_audit``) and keeps a reference of the model's own training data beside the version, for
 ``POST /v1/score``.
 """
@@ -39,18 +39,14 @@ import torch
 from cluster import NAMESPACE, QUEUE_ACTOR, metrics
 from cluster.queue import InvalidTransition, JobNotFound, JobStatus, JobStore, QueueError
 from jobs.audit import (
-    REFERENCE_FILE,
-    AuditSpec,
-    check_cvae_version,
-    check_range,
-    finalize_audit,
     load_version_reference,
     open_output,
     reference_chunks,
     reference_images,
     save_version_reference,
-    validate_audit,
 )
+from jobs.auditor.report import finalize_audit
+from jobs.auditor.spec import REFERENCE_FILE, AuditSpec, check_cvae_version, check_range, validate_audit
 from jobs.data.spec import parse_spec
 from jobs.generate import JobSpec, ShardTask, finalize_job, new_job_id, validate_request
 from jobs.store import shards
@@ -448,7 +444,7 @@ def _training_spec(mv: ModelVersion) -> str | None:
 
 
 def _validate_audit_request(request: Mapping[str, Any], home: Location, job_id: str) -> tuple[AuditSpec, int]:
-    """An audit request over the API: ``jobs.audit.validate_audit``, and datasets this service may read
+    """An audit request over the API: ``jobs.auditor.spec.validate_audit``, and datasets this service may read
     (``_check_served_dataset``); returns the spec and the job's priority. Nothing is written."""
     unknown = sorted(set(request) - AUDIT_REQUEST_FIELDS)
     if unknown:

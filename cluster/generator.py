@@ -37,14 +37,9 @@ from ray import serve
 
 from cluster import metrics
 from cluster.formats import encode_samples
-from jobs.audit import (
-    AuditSpec,
-    load_images,
-    load_version_reference,
-    reference_images,
-    shard_inputs,
-    write_audit_shard,
-)
+from jobs.audit import load_version_reference, reference_images, shard_inputs
+from jobs.auditor.shards import write_audit_shard
+from jobs.auditor.spec import AuditSpec, load_images
 from jobs.generate import ShardTask, class_index, run_shard
 from jobs.metrics import label_filter
 from jobs.store.png import decode_png
@@ -317,8 +312,8 @@ class Generator:
         return await asyncio.to_thread(run)
 
     async def audit_shard(self, task: dict[str, Any]) -> dict:
-        """Write shard ``task["shard"]`` of an audit job (``jobs.audit.write_audit_shard``); returns its
-        manifest entry."""
+        """Write shard ``task["shard"]`` of an audit job (``jobs.auditor.shards.write_audit_shard``);
+        returns its manifest entry."""
         spec = AuditSpec.from_dict(task["spec"])
         reference = OutlierReference.from_dict(task["reference"])
         model = self.sampler.model(spec.model)

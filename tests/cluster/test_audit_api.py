@@ -20,12 +20,14 @@ import pandas as pd
 import pytest
 import torch
 
+from cluster.api import NPZ_MEDIA_TYPE, _NpzUpload
 from cluster.client import Client
 from cluster.dispatcher import NAMESPACE, QUEUE_ACTOR, _validate_audit_request
 from cluster.generator import MAX_NPZ_UNPACKED, Sampler, decode_images
-from cluster.serve_app import NPZ_MEDIA_TYPE, _NpzUpload, api
-from jobs.audit import AuditSpec, load_version_reference, save_version_reference, version_reference
+from cluster.serve_app import api  # the app with its routes (Ingress adds them)
+from jobs.audit import load_version_reference, save_version_reference, version_reference
 from jobs.audit import main as audit_main
+from jobs.auditor.spec import AuditSpec
 from jobs.data.spec import load_dataset
 from jobs.store.location import resolve_home
 from jobs.store.png import encode_pngs

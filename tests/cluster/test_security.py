@@ -20,7 +20,7 @@ from tests.conftest import register_untrained, running_service
 pytestmark = pytest.mark.slow
 
 TOKEN = "tok-" + secrets.token_hex(16)
-MAX_BODY = 1 << 20  # cluster.serve_app.MAX_BODY_BYTES
+MAX_BODY = 1 << 20  # cluster.api.MAX_BODY_BYTES
 
 
 @pytest.fixture(scope="module")

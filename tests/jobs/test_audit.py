@@ -13,7 +13,9 @@ import pytest
 import torch
 
 from cluster.cli import main as cli_main
-from jobs.audit import REFERENCE_FILE, main, validate_audit, write_audit_shard
+from jobs.audit import main
+from jobs.auditor.shards import write_audit_shard
+from jobs.auditor.spec import REFERENCE_FILE, validate_audit
 from jobs.data.spec import load_dataset
 from jobs.store import shards
 from jobs.store.registry import Registry, register_model
