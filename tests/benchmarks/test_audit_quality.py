@@ -61,6 +61,10 @@ def test_the_run_reports_every_figure_against_its_baseline(audit_home, tmp_path)
     # a cVAE trained for a moment already tells most flipped labels apart
     assert s["label/auroc/audit"]["mean"] > 0.8 and s["label/precision/audit"]["mean"] > 0.3
     assert s["label/auroc/classifier"]["mean"] > 0.8
+    # -log p(y | x) orders as 1 - p(y | x) does, without the ties at 1.0: same argmax, AUROC as good
+    assert s["label/recovered/audit_logp"] == s["label/recovered/audit"]
+    assert s["label/auroc/audit_logp"]["mean"] >= s["label/auroc/audit"]["mean"] - 0.01
+    assert 0 <= s["label/saturated/audit"]["mean"] < 0.5 and "label/saturated/audit_logp" not in s
     # different flips per seed: the spread is not zero
     assert r["per_seed"][0]["label/auroc/audit"] != r["per_seed"][1]["label/auroc/audit"]
     assert s["denoise/0.2/noisy"]["mean"] > s["denoise/0.4/noisy"]["mean"]
