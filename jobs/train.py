@@ -211,6 +211,8 @@ def render_class_grid(
 
 
 def _resume_settings(runs: Location, given: TrainSettings) -> tuple[TrainSettings, str]:
+    """The saved settings of the latest run of ``given.name``, with ``given``'s larger --epochs and its
+    --time-budget (a budget belongs to the command that gives it)."""
     latest = runs / "latest.json"
     if not latest.is_file():
         raise FileNotFoundError(
@@ -219,6 +221,7 @@ def _resume_settings(runs: Location, given: TrainSettings) -> tuple[TrainSetting
     run_id = read_json(latest)["run_id"]
     saved = read_json(runs.join(validate_name(run_id, "run id"), RUN_JSON))
     saved["epochs"] = max(saved["epochs"], given.epochs) if given.epochs else saved["epochs"]
+    saved["time_budget_s"] = given.time_budget_s  # a budget counts from this command: this one's, or none
     return TrainSettings(**saved), run_id
 
 

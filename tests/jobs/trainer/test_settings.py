@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from jobs.store.location import location, write_json_atomic
+from jobs.train import RUN_JSON, _resume_settings, run_dir_for
 from jobs.trainer.settings import TrainSettings, format_duration, parse_duration, resolve_settings
 
 
@@ -48,3 +50,15 @@ def test_recipe_fills_only_what_was_not_given():
 def test_bad_settings_are_named(kwargs, needle):
     with pytest.raises(ValueError, match=needle):
         TrainSettings(**{"model": "cgan", "dataset": "digits", "name": "x", **kwargs})
+
+
+def test_resume_takes_the_saved_run_with_this_commands_epochs_and_budget(tmp_path):
+    runs = run_dir_for(location(str(tmp_path)), "r")
+    saved = TrainSettings(model="cvae", dataset="digits", name="r", epochs=5, time_budget_s=60.0)
+    write_json_atomic(runs.join("run1", RUN_JSON), resolve_settings(saved)[0].to_dict())
+    write_json_atomic(runs / "latest.json", {"run_id": "run1"})
+    again = TrainSettings(model="cvae", dataset="digits", name="r", epochs=8, time_budget_s=30.0)
+    s, run_id = _resume_settings(runs, again)
+    assert run_id == "run1" and s.epochs == 8 and s.time_budget_s == 30.0 and s.batch_size == 128
+    s, _ = _resume_settings(runs, TrainSettings(model="cvae", dataset="digits", name="r"))
+    assert s.epochs == 5 and s.time_budget_s == 0.0
