@@ -145,7 +145,10 @@ class ImageScore(BaseModel):
     suggested_label: int
     suggested_name: str
     label_error: float = Field(description="1 - p(label | x)")
-    margin: float = Field(description="max over other classes of p(c | x), minus p(label | x)")
+    margin: float = Field(
+        description="log of the largest p(c | x) over the other classes minus log p(label | x), "
+        "in nats; > 0: another class wins"
+    )
 
 
 class ScoreReference(BaseModel):

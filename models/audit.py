@@ -64,7 +64,9 @@ class AuditScores(NamedTuple):
     posterior: Tensor  # (B, C) p(c | x) with a uniform class prior; rows sum to 1
     suggested: Tensor  # (B,) int64 argmax_c p(c | x)
     label_error: Tensor  # (B,) 1 - p(y | x) in [0, 1]
-    margin: Tensor  # (B,) max_{c != y} p(c | x) - p(y | x) in [-1, 1]; > 0: another class wins
+    # (B,) log max_{c != y} p(c | x) - log p(y | x) in nats (= nll(x | y) - min_{c != y} nll(x | c)); > 0:
+    # another class wins. In log space it keeps ordering images whose 1 - p(y | x) rounds to exactly 1.0
+    margin: Tensor
     outlier: Tensor | None  # (B,) percentile 0..100 of nll(x | y) among class y's training scores
 
 
@@ -172,15 +174,15 @@ def score(
     nll_all = class_nll(model, images, config).double()  # (B, C); float64 so that rows sum to 1 exactly
     posterior = torch.softmax(-nll_all, dim=1)  # uniform class prior
     p_given = posterior.gather(1, labels[:, None])[:, 0]  # (B,)
-    others = posterior.scatter(1, labels[:, None], -1.0)  # the given class masked out
     nll = nll_all.gather(1, labels[:, None])[:, 0]
+    others = nll_all.scatter(1, labels[:, None], math.inf)  # the given class masked out
     return AuditScores(
         nll=nll,
         class_nll=nll_all,
         posterior=posterior,
         suggested=posterior.argmax(1),
         label_error=1.0 - p_given,
-        margin=others.max(1).values - p_given,
+        margin=nll - others.min(1).values,
         outlier=None if reference is None else reference.percentile(nll, labels),
     )
 

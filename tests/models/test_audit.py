@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from models import CGAN, CVAE, CGANConfig, CVAEConfig
+from models import CGAN, CVAE, CGANConfig, CVAEConfig, audit
 from models.audit import (
     AuditConfig,
     OutlierReference,
@@ -108,7 +108,22 @@ def test_posterior_sums_to_one_and_the_label_scores_follow_from_it():
     torch.testing.assert_close(s.label_error, 1 - s.posterior[torch.arange(9), y])
     assert torch.equal(s.suggested, s.posterior.argmax(1))
     assert torch.equal(s.margin > 0, s.suggested != y)
+    others = s.posterior.clone()
+    others[torch.arange(9), y] = 0.0
+    # margin is the log-odds of the best other class against the given one, in nats
+    torch.testing.assert_close(s.margin, others.max(1).values.log() - s.posterior[torch.arange(9), y].log())
     assert s.outlier is None
+
+
+def test_margin_keeps_ranking_where_one_minus_p_saturates(monkeypatch):
+    """Two images whose given label has p(y | x) below float64's resolution next to 1: label_error ties at
+    exactly 1.0, the log-space margin still says which label is the more certainly wrong."""
+    model = tiny()
+    nll = torch.tensor([[100.0, 0.0, 50.0], [300.0, 0.0, 50.0]], dtype=torch.float64)  # (B, C)
+    monkeypatch.setattr(audit, "class_nll", lambda *a, **k: nll)
+    s = score(model, images(2), torch.tensor([0, 0]), AuditConfig(samples=1))
+    assert s.label_error.tolist() == [1.0, 1.0]
+    torch.testing.assert_close(s.margin, torch.tensor([100.0, 300.0], dtype=torch.float64))
 
 
 # ----------------------------------------------------------------------------- a briefly trained model
