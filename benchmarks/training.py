@@ -39,6 +39,7 @@ def plain_images_per_s(kind: str, epochs: int, dataset: str = "digits", device: 
     from torch.utils.data import DataLoader
 
     from jobs.data.spec import load_dataset
+    from jobs.trainer.loop import memory_format_for
     from jobs.trainer.settings import TrainSettings, model_config, resolve_settings
     from models.cgan import d_loss, g_loss
     from models.checkpoint import build_model
@@ -49,8 +50,7 @@ def plain_images_per_s(kind: str, epochs: int, dataset: str = "digits", device: 
     model = build_model(kind, model_config(s, ds)).to(device)  # as jobs.train builds it
     lr, batch = s.lr, s.batch_size
     gpu = device != "cpu"
-    conv = gpu or model.config.resolved_arch == "conv"
-    memory_format = torch.channels_last if conv else torch.contiguous_format
+    memory_format = memory_format_for(model, gpu)
     model.to(memory_format=memory_format)
     loader = DataLoader(ds, batch_size=batch, shuffle=True, drop_last=True, pin_memory=gpu)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=gpu)

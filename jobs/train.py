@@ -61,12 +61,14 @@ def train(
     resume: bool = False,
     max_failures: int = 2,
     quiet: bool = False,
+    ds=None,
 ) -> dict[str, Any]:
     """Run training on Ray (which must be initialised) and register the result; return ``model.json``.
 
     Unset fields of ``settings`` come from the default recipe for the data (``models.recipes``), printed
-    unless ``quiet``. With ``settings.time_budget_s`` the run ends (checkpointed) when the next epoch would
-    not finish within the budget, counted from this call; a small reserve is kept for the registration.
+    unless ``quiet``; ``ds`` is the training split when the caller loaded it already. With
+    ``settings.time_budget_s`` the run ends (checkpointed) when the next epoch would not finish within the
+    budget, counted from this call; a small reserve is kept for the registration.
     """
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -79,7 +81,7 @@ def train(
     if resume:
         settings, run_id = _resume_settings(runs, settings)
     else:
-        settings, recipe, num_images = resolve_settings(settings)
+        settings, recipe, num_images = resolve_settings(settings, ds)
         if not quiet:
             print(f"[{settings.name}] {recipe.describe(num_images)}", flush=True)
             print(f"[{settings.name}] settings: {_settings_line(settings)}", flush=True)
@@ -323,13 +325,13 @@ def settings_from_args(args: argparse.Namespace) -> TrainSettings:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Validate the flags, start or join Ray, train, register and print a summary."""
 
-    settings = settings_from_args(args)
+    settings, ds = settings_from_args(args), None
     if not args.resume:  # fail fast on bad data or model settings, before Ray starts
         ds = load_dataset(settings.dataset, "train", settings.image_size)
         build_model(settings.model, model_config(resolve_settings(settings, ds)[0], ds))
     with ray_session():
         info = train(
-            settings, getattr(args, "home", None), resume=args.resume, max_failures=args.max_failures
+            settings, getattr(args, "home", None), resume=args.resume, max_failures=args.max_failures, ds=ds
         )
     print(
         f"registered {info['ref']}  ({info['type']}, {info['epochs']} epochs, {info['train_time_s']:.0f} s, "

@@ -69,6 +69,14 @@ def state_digest(module: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+def memory_format_for(model: torch.nn.Module, gpu: bool) -> torch.memory_format:
+    """channels_last (NHWC) for conv networks and on GPUs, else contiguous: oneDNN's and the tensor cores'
+    fast path (the 28 px conv cGAN ran 1.5-3x faster per process on this CPU, benchmarks/NOTES.md); only 4-D
+    (conv) weights and batches change layout. The trainer and the plain benchmark loop both use it."""
+    conv = gpu or model.config.resolved_arch == "conv"
+    return torch.channels_last if conv else torch.contiguous_format
+
+
 def _kl_weight(epoch: int, epochs: int) -> float:
     """KL warm-up for the VAE: linear from 0 to 1 over the first 30% of epochs."""
     warm = max(1, (3 * epochs) // 10)
@@ -102,10 +110,7 @@ def train_loop_per_worker(config: dict) -> dict:
         pin_memory=s.gpu,  # page-locked batches: prepare_data_loader copies them non-blocking
     )
     loader = rt.prepare_data_loader(loader)
-    # channels_last: NHWC convolutions, on GPUs (tensor cores) and on CPUs (oneDNN's fast path: the 28 px
-    # conv cGAN ran 1.5x faster per process here); only 4-D (conv) weights change layout.
-    conv = s.gpu or getattr(model.config, "resolved_arch", "mlp") == "conv"
-    memory_format = torch.channels_last if conv else torch.contiguous_format
+    memory_format = memory_format_for(model, s.gpu)
     model.to(memory_format=memory_format)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=s.gpu)
 
