@@ -70,9 +70,16 @@ from jobs.metrics.distances import kth_nearest_distance
 from jobs.metrics.ranking import auroc, precision_at
 from jobs.metrics.restoration import psnr
 from jobs.store.registry import Registry
-from models.audit import AuditConfig, OutlierReference, check_cvae, class_nll, draw_eps, iwae_nll, log_weights
+from models.audit import (
+    AuditConfig,
+    OutlierReference,
+    check_cvae,
+    class_nll,
+    code_nll,
+    given_nll,
+    reference_scores,
+)
 from models.audit import reconstruct as audit_reconstruct
-from models.blocks import module_device
 from models.cvae import CVAE
 
 OUTLIER_KINDS = ("digits", "noise", "inverted")
@@ -101,29 +108,15 @@ def generator(seed: int, *tags: int) -> torch.Generator:
 # ----------------------------------------------------------------------------- scores
 
 
-def given_nll(model: CVAE, images: Tensor, labels: Tensor, config: AuditConfig) -> Tensor:
-    """nll(x | y) (N,) float64 for each image's own label only: the audit's ``score(...).nll`` at 1/C of its
-    cost (the same shared draws and IWAE bound, one class per image instead of all)."""
-    eps = draw_eps(config.samples, model.config.latent_dim, config.seed)
-    out = torch.empty(len(labels), dtype=torch.float64)
-    device = module_device(model)
-    for c in torch.unique(labels).tolist():
-        idx = torch.nonzero(labels == c)[:, 0]
-        for start in range(0, len(idx), config.batch_size):
-            part = idx[start : start + config.batch_size]
-            log_w = log_weights(model, images[part].to(device, torch.float32), int(c), eps)  # (K, b)
-            out[part] = iwae_nll(log_w).double().cpu()
-    return out
-
-
 def fit_reference(
     model: CVAE, train: ImageDataset, config: AuditConfig, per_class: int = REFERENCE_PER_CLASS
 ) -> OutlierReference:
-    """The outlier reference of ``genaug audit``: nll of the first ``per_class`` train images per class."""
+    """The outlier reference of ``genaug audit``: nll and code nll of the first ``per_class`` train images
+    per class."""
     keep = torch.cat([torch.nonzero(train.labels == c)[:per_class, 0] for c in range(train.num_classes)])
     labels = train.labels[keep]
-    nll = given_nll(model, train.images[keep], labels, config)
-    return OutlierReference.fit(nll, labels, train.num_classes, config)
+    scores = reference_scores(model, train.images[keep], labels, config)  # (R, 2)
+    return OutlierReference.fit(scores[:, 0], labels, train.num_classes, config, code=scores[:, 1])
 
 
 def off_domain(kind: str, count: int, test: ImageDataset, gen: torch.Generator) -> Tensor:
@@ -176,37 +169,44 @@ class Fixed:
     classifier: FeatureCNN
     train_feats: Tensor  # (N_train, F) domain-classifier features of the whole train split
     test_class_nll: Tensor  # (N, C) nll(x | c) of every test image and class
+    test_code: Tensor  # (N,) code_nll of every test image with its own label
     test_knn: Tensor  # (N,) k-th nearest train distance of every test image
     test_probs: Tensor  # (N, C) the domain classifier's p(c | x)
     knn: int
 
 
-def audit_order(percentile: Tensor, nll: Tensor) -> Tensor:
-    """The rank (N,) of each image in ``audit.md``'s outlier order: by percentile, ties by nll (0 = least
-    suspect). The percentile is flat at 100 beyond a class's largest reference score; nll breaks ties."""
-    order = np.lexsort((nll.numpy(), percentile.numpy()))  # ascending: last key first
+def audit_order(outlier_score: Tensor, nll: Tensor) -> Tensor:
+    """The rank (N,) of each image in ``audit.md``'s outlier order: by outlier score, ties by nll (0 = least
+    suspect). The score is flat at 100 beyond a class's largest reference scores; nll breaks ties."""
+    order = np.lexsort((nll.numpy(), outlier_score.numpy()))  # ascending: last key first
     ranks = torch.empty(len(order), dtype=torch.float64)
     ranks[torch.from_numpy(order)] = torch.arange(len(order), dtype=torch.float64)
     return ranks
 
 
 def outlier_figures(fx: Fixed, seed: int, share: float) -> dict[str, float]:
-    """AUROC per injected kind: the audit's percentile (alone, and in audit.md's order), the raw
-    nll(x | y) and the kNN baseline."""
+    """AUROC per injected kind: the audit's outlier score (alone, and in audit.md's order), each of its two
+    percentiles alone, the raw nll(x | y) and the kNN baseline."""
     n, y = len(fx.test), fx.test.labels
     count = max(1, round(share * n))
+    ref = fx.reference
     clean_nll = fx.test_class_nll.gather(1, y[:, None])[:, 0]
-    clean_pct = fx.reference.percentile(clean_nll, y)
+    clean_pct, clean_code = ref.percentile(clean_nll, y), ref.code_percentile(fx.test_code, y)
+    clean_score = ref.outlier_score(clean_pct, clean_code)
     flags = torch.cat([torch.zeros(n, dtype=torch.bool), torch.ones(count, dtype=torch.bool)])
-    out = {"outlier/clean_at_100": float((clean_pct >= 100).double().mean())}
+    out = {"outlier/clean_at_100": float((clean_score >= 100).double().mean())}
     for i, kind in enumerate(OUTLIER_KINDS):
         images = off_domain(kind, count, fx.test, generator(seed, 1, i))
         labels = torch.randint(0, fx.test.num_classes, (count,), generator=generator(seed, 2, i))
         nll = torch.cat([clean_nll, given_nll(fx.model, images, labels, fx.config)])
-        pct = torch.cat([clean_pct, fx.reference.percentile(nll[n:], labels)])
+        pct = torch.cat([clean_pct, ref.percentile(nll[n:], labels)])
+        code = torch.cat([clean_code, ref.code_percentile(code_nll(fx.model, images, labels), labels)])
+        outlier_score = ref.outlier_score(pct, code)
         knn = kth_nearest_distance(extract_features(fx.classifier, images), fx.train_feats, fx.knn)
-        out[f"outlier/{kind}/audit"] = auroc(pct, flags)
-        out[f"outlier/{kind}/audit_order"] = auroc(audit_order(pct, nll), flags)
+        out[f"outlier/{kind}/audit"] = auroc(outlier_score, flags)
+        out[f"outlier/{kind}/audit_order"] = auroc(audit_order(outlier_score, nll), flags)
+        out[f"outlier/{kind}/nll_percentile"] = auroc(pct, flags)
+        out[f"outlier/{kind}/code_percentile"] = auroc(code, flags)
         out[f"outlier/{kind}/raw_nll"] = auroc(nll, flags)
         out[f"outlier/{kind}/knn"] = auroc(torch.cat([fx.test_knn, knn]), flags)
     return out
@@ -315,6 +315,7 @@ def run(args: argparse.Namespace, log: Log = _log) -> dict[str, Any]:
         lambda: fit_reference(model, train, config, args.reference_per_class),
     )
     test_nll = _timed(timing, "test class nll", log, lambda: class_nll(model, test.images, config).double())
+    test_code = _timed(timing, "test code nll", log, lambda: code_nll(model, test.images, test.labels))
     fx = Fixed(
         model=model,
         test=test,
@@ -323,6 +324,7 @@ def run(args: argparse.Namespace, log: Log = _log) -> dict[str, Any]:
         classifier=net,
         train_feats=train_feats,
         test_class_nll=test_nll,
+        test_code=test_code,
         test_knn=test_knn,
         test_probs=class_probabilities(net, test.images),
         knn=args.knn,
@@ -398,13 +400,15 @@ def render_markdown(result: dict[str, Any]) -> str:
         "",
         _row(
             f"outliers: AUROC ({p['injected_per_kind']} injected per kind)",
-            "audit outlier percentile",
+            "audit outlier score",
             f"baseline: kNN distance (k = {p['knn_k']})",
             "target",
-            "audit.md order (percentile, then nll)",
+            "audit.md order (score, then nll)",
+            "nll percentile alone",
+            "code percentile alone",
             "raw nll(x \\| y)",
         ),
-        "|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for kind in OUTLIER_KINDS:
         pre = f"outlier/{kind}/"
@@ -415,6 +419,8 @@ def render_markdown(result: dict[str, Any]) -> str:
                 _ms(s, pre + "knn"),
                 TARGETS["outlier_auroc"],
                 _ms(s, pre + "audit_order"),
+                _ms(s, pre + "nll_percentile"),
+                _ms(s, pre + "code_percentile"),
                 _ms(s, pre + "raw_nll"),
             )
         )
@@ -461,7 +467,7 @@ def render_markdown(result: dict[str, Any]) -> str:
     acc = p["classifier_test_accuracy"]
     lines += [
         "",
-        f"Clean test images at the 100th outlier percentile (tied with every saturated outlier): "
+        f"Clean test images with an outlier score of 100 (tied with every saturated outlier): "
         f"{100 * s['outlier/clean_at_100']['mean']:.2f} %.",
         f"Reconstruction of the clean test images: {p['reconstruct_clean_psnr_db']:.2f} dB (the model's "
         "ceiling)." + (f" Domain classifier test accuracy: {acc:.4f}." if acc is not None else ""),

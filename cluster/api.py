@@ -141,6 +141,15 @@ class ImageScore(BaseModel):
     outlier_percentile: float | None = Field(
         description="nll among the label class's training images (0..100); null without a reference"
     )
+    code_nll: float = Field(
+        description="-log p(E[z | x, label] | label): the code's nll under the class prior"
+    )
+    code_percentile: float | None = Field(
+        description="code_nll among the label class's training images (0..100); null without a reference"
+    )
+    outlier_score: float | None = Field(
+        description="the larger of outlier_percentile and code_percentile (0..100); null without a reference"
+    )
     p: list[float] = Field(description="p(c | x) for every class c, uniform class prior")
     suggested_label: int
     suggested_name: str

@@ -389,18 +389,18 @@ class QueueOwner:
         _, labels = await asyncio.to_thread(reference_images, spec)
         gate = asyncio.Semaphore(self.max_in_flight)
 
-        async def chunk(r: range) -> list[float]:
+        async def chunk(r: range) -> list[list[float]]:
             async with gate:
                 return await _resend(
-                    lambda: handle.audit_reference_nll.remote(
+                    lambda: handle.audit_reference_scores.remote(
                         {"spec": spec.to_dict(), "chunk": [r.start, r.stop]}
                     ),
                     f"reference chunk {r.start}..{r.stop - 1}",
                 )
 
         parts = await asyncio.gather(*(chunk(r) for r in reference_chunks(spec, len(labels))))
-        nll = torch.tensor([v for part in parts for v in part], dtype=torch.float64)
-        return OutlierReference.fit(nll, labels, len(spec.classes), spec.config)
+        scores = torch.tensor([v for part in parts for v in part], dtype=torch.float64)  # (R, 2)
+        return OutlierReference.fit(scores[:, 0], labels, len(spec.classes), spec.config, code=scores[:, 1])
 
 
 async def _resend(call: Callable[[], Awaitable[Any]], what: str) -> Any:

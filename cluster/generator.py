@@ -9,7 +9,7 @@ recently used ``cache_size`` versions stay in memory (an LRU, ``Sampler``). The 
 
 A cVAE's audit work runs here too, on the same models: ``score`` and ``denoise`` answer ``POST /v1/score``
 and ``POST /v1/denoise`` (the images are decoded and checked here, ``decode_images``), and
-``audit_reference_nll`` / ``audit_shard`` do an audit job's reference chunks and shards for the queue
+``audit_reference_scores`` / ``audit_shard`` do an audit job's reference chunks and shards for the queue
 (``jobs.audit`` writes the shards, as in ``genaug audit``).
 """
 
@@ -44,7 +44,7 @@ from jobs.generate import ShardTask, class_index, run_shard
 from jobs.metrics import label_filter
 from jobs.store.png import decode_png
 from jobs.store.registry import ModelUnavailable, Registry
-from models.audit import AuditConfig, OutlierReference, check_cvae, reconstruct, score
+from models.audit import AuditConfig, OutlierReference, check_cvae, reconstruct, reference_scores, score
 from models.sampling import denormalize_uint8, generate_many_uint8, normalize_uint8
 
 __all__ = ["Generator", "ModelUnavailable", "SampleRequest", "Sampler"]
@@ -169,7 +169,8 @@ class Sampler:
         return model, normalize_uint8(images), labels
 
     def score_body(self, request: dict[str, Any]) -> bytes:
-        """``POST /v1/score``'s JSON body: per image nll, outlier percentile, p(c | x), suggested label."""
+        """``POST /v1/score``'s JSON body: per image nll, outlier percentiles and score, p(c | x),
+        suggested label."""
         ref = request["model"]
         model, x, labels = self.audit_inputs(request)
         k = int(request.get("samples", AuditConfig.samples))
@@ -185,6 +186,9 @@ class Sampler:
                 "label_name": classes[y],
                 "nll": float(s.nll[i]),
                 "outlier_percentile": _finite(s.outlier[i]) if s.outlier is not None else None,
+                "code_nll": float(s.code[i]),
+                "code_percentile": _finite(s.code_percentile[i]) if s.code_percentile is not None else None,
+                "outlier_score": _finite(s.outlier_score[i]) if s.outlier_score is not None else None,
                 "p": [float(v) for v in s.posterior[i]],
                 "suggested_label": int(s.suggested[i]),
                 "suggested_name": classes[int(s.suggested[i])],
@@ -298,16 +302,16 @@ class Generator:
         self.sampler.model(request["model"])
         return await asyncio.to_thread(self.sampler.denoise_body, request)
 
-    async def audit_reference_nll(self, task: dict[str, Any]) -> list[float]:
-        """nll(x | y) of chunk ``task["chunk"]`` (a range of ``jobs.audit.reference_chunks``) of an audit
-        job's reference images (``task["spec"]``)."""
+    async def audit_reference_scores(self, task: dict[str, Any]) -> list[list[float]]:
+        """``models.audit.reference_scores`` ([nll, code nll] per image) of chunk ``task["chunk"]`` (a range
+        of ``jobs.audit.reference_chunks``) of an audit job's reference images (``task["spec"]``)."""
         spec = AuditSpec.from_dict(task["spec"])
         start, stop = task["chunk"]
         model = self.sampler.model(spec.model)
 
-        def run() -> list[float]:
+        def run() -> list[list[float]]:
             images, labels = self._audit_data(("reference", spec.reference), lambda: reference_images(spec))
-            return score(model, images[start:stop], labels[start:stop], spec.config).nll.tolist()
+            return reference_scores(model, images[start:stop], labels[start:stop], spec.config).tolist()
 
         return await asyncio.to_thread(run)
 

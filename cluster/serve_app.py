@@ -40,6 +40,7 @@ from cluster.api import (
 from cluster.dispatcher import get_queue
 from cluster.formats import MEDIA_TYPES
 from cluster.generator import INLINE_SAMPLES, Generator, ModelUnavailable, Sampler, SampleRequest
+from jobs.auditor.report import label_error_order, outlier_order
 from jobs.auditor.spec import LABEL_ERROR_GRID, OUTLIER_GRID, REPORT_FILE, check_cvae_version
 from jobs.generate import parse_counts
 from jobs.store import shards
@@ -115,22 +116,21 @@ def _job_view(job: dict, request: Request) -> dict:
     return view
 
 
-AUDIT_COLUMNS = ("index", "label", "label_name", "nll", "outlier_percentile", "suggested_label")
-AUDIT_COLUMNS += ("suggested_name", "label_error", "margin")
+AUDIT_COLUMNS = ("index", "label", "label_name", "nll", "outlier_percentile", "code_percentile")
+AUDIT_COLUMNS += ("outlier_score", "suggested_label", "suggested_name", "label_error", "margin")
 AUDIT_FILES = {OUTLIER_GRID: "image/png", LABEL_ERROR_GRID: "image/png", REPORT_FILE: "text/markdown"}
 
 
 # Module-level helpers of the Ingress must be defined above it: Serve pickles the class when it is decorated.
 def _audit_view(output: str, top: int) -> dict[str, Any]:
-    """An audit's manifest summary and its ``top`` rows by outlier percentile and by label-error score."""
+    """An audit's manifest summary and its ``top`` rows by outlier score and by label-error score."""
     import pyarrow.parquet as pq
 
     out = location(output)
     manifest = (out / "manifest.json").read_json()
     data = out / shards.DATA_DIR
     rows = pq.read_table(data.path, filesystem=data.fs, columns=list(AUDIT_COLUMNS)).to_pandas()
-    by_outlier = rows.sort_values(["outlier_percentile", "nll"], ascending=False, kind="stable")
-    by_error = rows.sort_values(["label_error", "margin"], ascending=False, kind="stable")
+    by_outlier, by_error = outlier_order(rows), label_error_order(rows)
 
     def records(df) -> list[dict[str, Any]]:
         return json.loads(df.head(top).to_json(orient="records"))  # NaN -> null

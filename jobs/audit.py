@@ -2,7 +2,9 @@
 
 For each image (in the split's order) a row holds its ``index``, given ``label``, ``nll`` (nats per
 image, the IWAE bound of ``models.audit`` with K samples), ``outlier_percentile`` (that nll among the
-same class's training scores), ``p_0``..``p_{C-1}`` (p(c | x) with a uniform class prior),
+same class's training scores), ``code_nll`` and ``code_percentile`` (the posterior mean's nll under the
+class prior, and where it falls among the class's training codes), ``outlier_score`` (the larger of the two
+percentiles: what the report ranks outliers by), ``p_0``..``p_{C-1}`` (p(c | x) with a uniform class prior),
 ``suggested_label`` (the most probable class), ``label_error`` (1 - p(label | x)) and ``margin``.
 Beside the shards: ``audit.md`` (summary, top outliers, top suspected label errors), ``outliers.png``
 (per class, its most unusual images), ``label_errors.png`` (given -> suggested), ``reference.json``
@@ -50,7 +52,7 @@ from jobs.rayinit import ray_session
 from jobs.store.location import Location, location, resolve_home, write_json_atomic
 from jobs.store.manifest import cleanup_temp
 from jobs.store.registry import ModelVersion, Registry
-from models.audit import AuditConfig, OutlierReference, score
+from models.audit import AuditConfig, OutlierReference, reference_scores
 
 if TYPE_CHECKING:  # Ray, pandas and matplotlib load when an audit runs, not with `genaug --help`
     import ray
@@ -63,10 +65,10 @@ def _load_model(home: str, ref: str) -> torch.nn.Module:
     return Registry(home).resolve(ref).load(device=device).model
 
 
-def _nll_task(home: str, spec: dict, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """nll(x | y) of a chunk of reference images."""
+def _reference_task(home: str, spec: dict, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``reference_scores`` (R, 2) of a chunk of reference images."""
     s = AuditSpec.from_dict(spec)
-    return score(_load_model(home, s.model), images, labels, s.config).nll
+    return reference_scores(_load_model(home, s.model), images, labels, s.config)
 
 
 def _shard_task(
@@ -113,16 +115,16 @@ def reference_chunks(spec: AuditSpec, count: int) -> list[range]:
 
 
 def fit_reference(spec: AuditSpec, home: Location, progress=print) -> OutlierReference:
-    """The outlier reference: nll of ``reference_images``, scored as the audit scores (same K and seed)
-    in Ray tasks."""
+    """The outlier reference: nll and code nll of ``reference_images``, scored as the audit scores (same K
+    and seed) in Ray tasks."""
     images, labels = reference_images(spec)  # (R, C, H, W), (R,)
-    remote = _remote(_nll_task)
+    remote = _remote(_reference_task)
     refs = [
         remote.remote(home.uri, spec.to_dict(), images[r.start : r.stop], labels[r.start : r.stop])
         for r in reference_chunks(spec, len(labels))
     ]
-    nll = torch.cat(_run_tasks(refs, progress, "reference chunk"))
-    return OutlierReference.fit(nll, labels, len(spec.classes), spec.config)
+    scores = torch.cat(_run_tasks(refs, progress, "reference chunk"))  # (R, 2)
+    return OutlierReference.fit(scores[:, 0], labels, len(spec.classes), spec.config, code=scores[:, 1])
 
 
 def version_reference(mv: ModelVersion, config: AuditConfig) -> Location:
@@ -259,7 +261,7 @@ def run(args: argparse.Namespace) -> int:
     a = manifest["audit"]
     print(
         f"done: {manifest['totals']['rows']:,} rows; suggested label differs for {a['suggested_differs']:,}; "
-        f"{a['outlier_percentile_above_99']:,} above the 99th outlier percentile"
+        f"{a['outlier_score_above_99']:,} with an outlier score above 99"
     )
     print(f"output: {spec.output} (report: {REPORT_FILE})")
     return 0

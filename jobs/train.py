@@ -296,12 +296,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-failures", type=int, default=2, help="worker failures tolerated per run (default 2)"
     )
+    p.add_argument(
+        "--class-balance",
+        action="store_true",
+        help="draw every batch class-balanced (long-tailed data: rare classes get trained too)",
+    )
 
 
 # TrainSettings fields set one-to-one from the flags of the same name (``--batch-size`` -> batch_size).
 FLAG_FIELDS = (
     "model", "dataset", "name", "epochs", "batch_size", "lr", "workers", "gpu", "compile", "seed",
-    "image_size", "checkpoint_every",
+    "image_size", "checkpoint_every", "class_balance",
 )  # fmt: skip
 
 

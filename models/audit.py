@@ -16,8 +16,15 @@ model was trained with (``models/cvae.py``):
 ``nll(x | c)`` is the importance-weighted bound (IWAE, Burda et al. 2016) with K samples,
 -log(1/K sum_k p(x, z_k | c) / q(z_k | x, c)): an upper bound on -log p(x | c) that tightens as K grows;
 K = 1 is the usual single-sample ELBO. The posterior over classes with a uniform prior is
-p(c | x) = softmax_c(-nll(x | c)); the label-error score is 1 - p(y | x); the outlier score is nll(x | y)
-as a percentile of the same class's training scores (``OutlierReference``).
+p(c | x) = softmax_c(-nll(x | c)); the label-error score is 1 - p(y | x).
+
+Outliers are scored twice against the same class's training images (``OutlierReference``): nll(x | y) as a
+percentile, and the code's nll ``code_nll`` = -log p(E[z | x, y] | y), the posterior mean under the class
+prior, as a percentile. The outlier score is the larger of the two (atypical by either test; a test that
+does not see an anomaly cannot dilute the one that does). The second one catches what a likelihood
+misses: smooth off-domain images (upscaled 8x8 digits) that a decoder reconstructs well but that the
+encoder maps far from where the class's codes lie (Fashion-MNIST, 2,000 test images + 40 digits, K = 8:
+AUROC 0.94 for the nll percentile alone, 0.99 for the code's).
 
 Determinism: the K standard-normal draws eps come from a CPU ``torch.Generator`` seeded with
 ``AuditConfig.seed`` and are shared by every image and class (common random numbers): an image's
@@ -67,7 +74,10 @@ class AuditScores(NamedTuple):
     # (B,) log max_{c != y} p(c | x) - log p(y | x) in nats (= nll(x | y) - min_{c != y} nll(x | c)); > 0:
     # another class wins. In log space it keeps ordering images whose 1 - p(y | x) rounds to exactly 1.0
     margin: Tensor
+    code: Tensor  # (B,) float64 code_nll: -log p(E[z | x, y] | y) in nats
     outlier: Tensor | None  # (B,) percentile 0..100 of nll(x | y) among class y's training scores
+    code_percentile: Tensor | None  # (B,) percentile 0..100 of ``code`` among class y's training codes
+    outlier_score: Tensor | None  # (B,) 0..100, the larger of the two percentiles (NaN: no reference)
 
 
 def check_cvae(model: torch.nn.Module) -> CVAE:
@@ -145,6 +155,48 @@ def iwae_nll(log_w: Tensor) -> Tensor:
 
 
 @torch.no_grad()
+def code_nll(model: torch.nn.Module, images: Tensor, labels: Tensor, batch_size: int = 256) -> Tensor:
+    """-log p(E[z | x, y] | y) (B,) float64: the posterior mean's nll under class y's prior (one encoder
+    pass per image)."""
+    model = check_cvae(model)
+    check_images(model, images, labels)
+    device = module_device(model)
+    out = torch.empty(len(labels), dtype=torch.float64)
+    for c in torch.unique(labels).tolist():
+        idx = torch.nonzero(labels == c)[:, 0]
+        for start in range(0, len(idx), batch_size):
+            part = idx[start : start + batch_size]
+            mu, _ = model.encode(images[part].to(device, torch.float32), labels[part].to(device))
+            out[part] = -log_prior(model, mu, int(c)).double().cpu()
+    return out
+
+
+@torch.no_grad()
+def given_nll(
+    model: torch.nn.Module, images: Tensor, labels: Tensor, config: AuditConfig = AuditConfig()
+) -> Tensor:
+    """nll(x | y) (B,) float64 for each image's own label only: ``score(...).nll`` at 1/C of its cost (the
+    same shared draws and IWAE bound, one class per image instead of every class)."""
+    model = check_cvae(model)
+    check_images(model, images, labels)
+    eps = draw_eps(config.samples, model.config.latent_dim, config.seed)
+    device = module_device(model)
+    out = torch.empty(len(labels), dtype=torch.float64)
+    for c in torch.unique(labels).tolist():
+        idx = torch.nonzero(labels == c)[:, 0]
+        for start in range(0, len(idx), config.batch_size):
+            part = idx[start : start + config.batch_size]
+            log_w = log_weights(model, images[part].to(device, torch.float32), int(c), eps)  # (K, b)
+            out[part] = iwae_nll(log_w).double().cpu()
+    return out
+
+
+def reference_scores(model: torch.nn.Module, images: Tensor, labels: Tensor, config: AuditConfig) -> Tensor:
+    """(N, 2) float64 [nll(x | y), code_nll] of reference images: what ``OutlierReference.fit`` takes."""
+    return torch.stack([given_nll(model, images, labels, config), code_nll(model, images, labels)], dim=1)
+
+
+@torch.no_grad()
 def class_nll(model: torch.nn.Module, images: Tensor, config: AuditConfig = AuditConfig()) -> Tensor:
     """nll(x | c) (B, C) in nats per image for every class c: the IWAE bound with ``config.samples`` draws."""
     model = check_cvae(model)
@@ -176,6 +228,9 @@ def score(
     p_given = posterior.gather(1, labels[:, None])[:, 0]  # (B,)
     nll = nll_all.gather(1, labels[:, None])[:, 0]
     others = nll_all.scatter(1, labels[:, None], math.inf)  # the given class masked out
+    code = code_nll(model, images, labels)
+    pct = None if reference is None else reference.percentile(nll, labels)
+    code_pct = None if reference is None else reference.code_percentile(code, labels)
     return AuditScores(
         nll=nll,
         class_nll=nll_all,
@@ -183,7 +238,10 @@ def score(
         suggested=posterior.argmax(1),
         label_error=1.0 - p_given,
         margin=nll - others.min(1).values,
-        outlier=None if reference is None else reference.percentile(nll, labels),
+        code=code,
+        outlier=pct,
+        code_percentile=code_pct,
+        outlier_score=None if reference is None else reference.outlier_score(pct, code_pct),
     )
 
 
@@ -202,48 +260,55 @@ def reconstruct(model: torch.nn.Module, images: Tensor, labels: Tensor) -> Tenso
 
 @dataclass(frozen=True)
 class OutlierReference:
-    """Per class, quantiles of nll(x | c) over that class's training images: turns an nll into a percentile.
+    """Per class, quantiles of nll(x | c) and of ``code_nll`` over that class's training images: turn an
+    image's two scores into percentiles.
 
     Saved as JSON (``to_dict`` / ``from_dict``); ``config`` is the ``AuditConfig`` the scores were taken
-    with (percentiles only mean something for scores estimated the same way).
+    with (percentiles only mean something for scores estimated the same way). A reference saved before
+    code quantiles existed has ``code_quantiles == ()``: its outlier score is the nll percentile alone, so
+    a resumed audit keeps scoring as it started.
     """
 
     quantiles: tuple[tuple[float, ...], ...]  # per class: nll at probabilities 0, 1/(Q-1), ..., 1; () if none
     counts: tuple[int, ...]  # per class: the number of training images behind its quantiles
     config: AuditConfig  # how those scores were estimated
+    code_quantiles: tuple[tuple[float, ...], ...] = ()  # per class: code_nll quantiles, like ``quantiles``
 
     @classmethod
     def fit(
-        cls, nll: Tensor, labels: Tensor, num_classes: int, config: AuditConfig, points: int = 101
+        cls,
+        nll: Tensor,
+        labels: Tensor,
+        num_classes: int,
+        config: AuditConfig,
+        code: Tensor | None = None,
+        points: int = 101,
     ) -> OutlierReference:
-        """Quantiles at ``points`` evenly spaced probabilities of ``nll`` (N,) per class of ``labels``."""
+        """Quantiles at ``points`` evenly spaced probabilities of ``nll`` (N,) and ``code`` (N,) per class."""
         check_int("points", points, 2)
         check_labels(labels, num_classes)
-        probs = torch.linspace(0.0, 1.0, points, dtype=torch.float64)
-        quantiles, counts = [], []
-        for c in range(num_classes):
-            values = nll[labels == c].double()
-            counts.append(int(values.numel()))
-            quantiles.append(tuple(torch.quantile(values, probs).tolist()) if values.numel() else ())
-        return cls(tuple(quantiles), tuple(counts), config)
+        counts = tuple(int((labels == c).sum()) for c in range(num_classes))
+        code_q = () if code is None else _class_quantiles(code, labels, num_classes, points)
+        return cls(_class_quantiles(nll, labels, num_classes, points), counts, config, code_q)
 
     def percentile(self, nll: Tensor, labels: Tensor) -> Tensor:
         """Percentile 0..100 (float64, (B,)) of each ``nll`` in its class; NaN for a class without data."""
-        check_labels(labels, len(self.counts))
-        out = torch.full((nll.shape[0],), math.nan, dtype=torch.float64)
-        for c, q in enumerate(self.quantiles):
-            sel = labels == c
-            if q and bool(sel.any()):
-                xp = torch.tensor(q, dtype=torch.float64)
-                out[sel] = _interp(
-                    nll[sel].double(), xp, torch.linspace(0.0, 100.0, len(q), dtype=torch.float64)
-                )
-        return out
+        return _percentile(self.quantiles, nll, labels)
+
+    def code_percentile(self, code: Tensor, labels: Tensor) -> Tensor | None:
+        """Percentile 0..100 of each ``code_nll`` in its class; None for a reference without codes."""
+        return _percentile(self.code_quantiles, code, labels) if self.code_quantiles else None
+
+    @staticmethod
+    def outlier_score(nll_percentile: Tensor, code_percentile: Tensor | None) -> Tensor:
+        """The outlier score 0..100: the larger of the two percentiles (the nll one alone without codes)."""
+        return nll_percentile if code_percentile is None else torch.maximum(nll_percentile, code_percentile)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (lists, numbers and the config's fields)."""
         return {
             "quantiles": [list(q) for q in self.quantiles],
+            "code_quantiles": [list(q) for q in self.code_quantiles],
             "counts": list(self.counts),
             "config": asdict(self.config),
         }
@@ -257,17 +322,47 @@ class OutlierReference:
                 f"outlier reference lacks {', '.join(missing)}; valid: quantiles, counts, config"
             )
         quantiles = tuple(tuple(float(v) for v in q) for q in d["quantiles"])
+        code_q = tuple(tuple(float(v) for v in q) for q in d.get("code_quantiles") or ())
         counts = tuple(int(n) for n in d["counts"])
-        if len(quantiles) != len(counts) or any(list(q) != sorted(q) for q in quantiles):
-            raise ValueError(
-                f"outlier reference has {len(quantiles)} quantile lists for {len(counts)} classes; "
-                "valid: one non-decreasing list per class"
-            )
+        for name, qs in (("quantile", quantiles), ("code quantile", code_q)):
+            wrong_count = len(qs) != len(counts) and (name == "quantile" or len(qs) > 0)
+            if wrong_count or any(list(q) != sorted(q) for q in qs):
+                raise ValueError(
+                    f"outlier reference has {len(qs)} {name} lists for {len(counts)} classes; "
+                    "valid: one non-decreasing list per class"
+                )
         try:
             config = AuditConfig(**d["config"])
         except TypeError as e:
             raise ValueError(f"outlier reference config {d['config']!r} invalid: {e}") from None
-        return cls(quantiles, counts, config)
+        return cls(quantiles, counts, config, code_q)
+
+
+def _class_quantiles(
+    values: Tensor, labels: Tensor, num_classes: int, points: int
+) -> tuple[tuple[float, ...], ...]:
+    """Per class, ``values``' quantiles at ``points`` evenly spaced probabilities; () for an absent class."""
+    probs = torch.linspace(0.0, 1.0, points, dtype=torch.float64)
+    out = []
+    for c in range(num_classes):
+        v = values[labels == c].double()
+        out.append(tuple(torch.quantile(v, probs).tolist()) if v.numel() else ())
+    return tuple(out)
+
+
+def _percentile(quantiles: tuple[tuple[float, ...], ...], values: Tensor, labels: Tensor) -> Tensor:
+    """Percentile 0..100 (float64, (B,)) of each value among its class's ``quantiles``; NaN for a class
+    without data."""
+    check_labels(labels, len(quantiles))
+    out = torch.full((values.shape[0],), math.nan, dtype=torch.float64)
+    for c, q in enumerate(quantiles):
+        sel = labels == c
+        if q and bool(sel.any()):
+            xp = torch.tensor(q, dtype=torch.float64)
+            out[sel] = _interp(
+                values[sel].double(), xp, torch.linspace(0.0, 100.0, len(q), dtype=torch.float64)
+            )
+    return out
 
 
 def _interp(x: Tensor, xp: Tensor, fp: Tensor) -> Tensor:

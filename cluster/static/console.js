@@ -693,7 +693,7 @@ async function showAuditReport(id) {
       ["mean nll (nats)", fmtNumber(s.mean_nll_nats)],
       ["suggested label differs", fmtNumber(s.suggested_differs)],
       ["label-error score > 0.5", fmtNumber(s["label_error_above_0.5"])],
-      ["outlier percentile > 99", fmtNumber(s.outlier_percentile_above_99)],
+      ["outlier score > 99", fmtNumber(s.outlier_score_above_99)],
     ].flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: String(v) })])
   );
   auditTable($("#audit-outliers"), view.outliers);
@@ -706,7 +706,7 @@ const AUDIT_COLUMNS = [
   ["Index", (r) => r.index],
   ["Label", (r) => r.label_name],
   ["nll (nats)", (r) => fmtNumber(r.nll, 4)],
-  ["Outlier percentile", (r) => (r.outlier_percentile === null ? "–" : fmtNumber(r.outlier_percentile, 3))],
+  ["Outlier score", (r) => (r.outlier_score === null ? "–" : fmtNumber(r.outlier_score, 3))],
   ["Suggested", (r) => r.suggested_name],
   ["Label error", (r) => fmtNumber(r.label_error, 3)],
 ];

@@ -75,15 +75,22 @@ def _table(df: pd.DataFrame, columns: list[str]) -> list[str]:
     return lines
 
 
+def outlier_order(rows: pd.DataFrame) -> pd.DataFrame:
+    """Audit rows, most unusual first: by outlier score, ties (a score flat at 100) by nll."""
+    return rows.sort_values(["outlier_score", "nll"], ascending=False, kind="stable")
+
+
+def label_error_order(rows: pd.DataFrame) -> pd.DataFrame:
+    """Audit rows, likeliest label error first: by label-error score, ties (saturated at 1) by margin."""
+    return rows.sort_values(["label_error", "margin"], ascending=False, kind="stable")
+
+
 def write_report(spec: AuditSpec, rows: pd.DataFrame) -> dict[str, Any]:
     """``outliers.png``, ``label_errors.png`` and ``audit.md`` from every row; returns the summary figures."""
     out = location(spec.output)
-    by_outlier = rows.sort_values(["outlier_percentile", "nll"], ascending=False, kind="stable")
-    by_error = rows.sort_values(["label_error", "margin"], ascending=False, kind="stable")
+    by_outlier, by_error = outlier_order(rows), label_error_order(rows)
     outlier_cells = [
-        _captioned(
-            g, [f"#{i} p{p:.0f}" for i, p in g[["index", "outlier_percentile"]].itertuples(index=False)]
-        )
+        _captioned(g, [f"#{i} s{p:.0f}" for i, p in g[["index", "outlier_score"]].itertuples(index=False)])
         for g in (by_outlier[by_outlier.label == c].head(GRID_PER_CLASS) for c in range(len(spec.classes)))
     ]
     suspects = by_error.head(GRID_LABEL_ERRORS)
@@ -93,7 +100,7 @@ def write_report(spec: AuditSpec, rows: pd.DataFrame) -> dict[str, Any]:
     )
     error_rows = [error_cells[i : i + 8] for i in range(0, len(error_cells), 8)]
     out.join(OUTLIER_GRID).write_bytes(
-        _grid_png(outlier_cells, list(spec.classes), "Top outliers per class (#index, percentile)")
+        _grid_png(outlier_cells, list(spec.classes), "Top outliers per class (#index, outlier score)")
     )
     out.join(LABEL_ERROR_GRID).write_bytes(
         _grid_png(error_rows, [], "Top suspected label errors (#index given->suggested, label-error score)")
@@ -106,7 +113,7 @@ def write_report(spec: AuditSpec, rows: pd.DataFrame) -> dict[str, Any]:
         "mean_nll_nats": float(rows.nll.mean()),
         "suggested_differs": int(disagree.sum()),
         "label_error_above_0.5": int((rows.label_error > 0.5).sum()),
-        "outlier_percentile_above_99": int((rows.outlier_percentile > 99).sum()),
+        "outlier_score_above_99": int((rows.outlier_score > 99).sum()),
     }
     per_class = rows.groupby("label_name", sort=False).agg(
         images=("nll", "size"), median_nll=("nll", "median"), mean_label_error=("label_error", "mean")
@@ -115,8 +122,9 @@ def write_report(spec: AuditSpec, rows: pd.DataFrame) -> dict[str, Any]:
         f"# Audit of {spec.dataset} ({spec.split}) with {spec.model}",
         "",
         f"{len(rows)} images; nll in nats per image, the importance-weighted bound with K = {spec.samples} "
-        f"samples (seed {spec.seed}); outlier percentiles against the first {REFERENCE_PER_CLASS} training "
-        f"images per class of {spec.reference}; p(c | x) with a uniform class prior.",
+        f"samples (seed {spec.seed}); outlier percentiles (of nll and of the code nll) against the first "
+        f"{REFERENCE_PER_CLASS} training images per class of {spec.reference}, the outlier score the "
+        "larger; p(c | x) with a uniform class prior.",
         "",
         *[f"- **{k}**: {v:.4g}" if isinstance(v, float) else f"- **{k}**: {v}" for k, v in summary.items()],
         "",
@@ -128,7 +136,10 @@ def write_report(spec: AuditSpec, rows: pd.DataFrame) -> dict[str, Any]:
         "",
         f"![outliers]({OUTLIER_GRID})",
         "",
-        *_table(by_outlier.head(spec.top), ["index", "label_name", "nll", "outlier_percentile"]),
+        *_table(
+            by_outlier.head(spec.top),
+            ["index", "label_name", "nll", "outlier_percentile", "code_percentile", "outlier_score"],
+        ),
         "",
         f"## Top {spec.top} suspected label errors",
         "",

@@ -95,6 +95,16 @@ class ImageDataset(torch.utils.data.Dataset):
         )
 
 
+def class_balanced_sampler(
+    labels: torch.Tensor, num_samples: int, generator: torch.Generator
+) -> torch.utils.data.WeightedRandomSampler:
+    """Draws ``num_samples`` indices into ``labels`` (N,) per pass, each image with weight 1 / its class's
+    count (with replacement): every present class fills about the same share of each batch, however
+    long-tailed the data (``genaug train --class-balance``, and the evaluation's long-tail generators)."""
+    weights = 1.0 / torch.bincount(labels)[labels].double()  # (N,)
+    return torch.utils.data.WeightedRandomSampler(weights, num_samples, replacement=True, generator=generator)
+
+
 def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
     """Resize ``(N, C, H, W)`` to ``(N, C, size, size)``, antialiased bilinear; no-op if already that size."""
     if images.shape[-1] == size and images.shape[-2] == size:

@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
+from jobs.data.images import class_balanced_sampler
 from jobs.data.spec import load_dataset
 from jobs.store.location import location
 from jobs.trainer.settings import TrainSettings, model_config
@@ -101,15 +102,22 @@ def train_loop_per_worker(config: dict) -> dict:
 
     ds = load_dataset(s.dataset, "train", s.image_size)
     model = build_model(s.model, model_config(s, ds))
+    # class-balanced: each rank draws its own share of an epoch (seeded per rank) instead of a
+    # DistributedSampler's slice of one permutation
+    balanced = None
+    if s.class_balance:
+        rank_gen = torch.Generator().manual_seed(s.seed * 1009 + rank)
+        balanced = class_balanced_sampler(ds.labels, len(ds) // world, rank_gen)
     loader = DataLoader(
         ds,
         batch_size=s.batch_size // world,
-        shuffle=s.shuffle,
+        shuffle=s.shuffle and balanced is None,
+        sampler=balanced,
         drop_last=True,
         generator=torch.Generator().manual_seed(s.seed),
         pin_memory=s.gpu,  # page-locked batches: prepare_data_loader copies them non-blocking
     )
-    loader = rt.prepare_data_loader(loader)
+    loader = rt.prepare_data_loader(loader, add_dist_sampler=not s.class_balance)
     memory_format = memory_format_for(model, s.gpu)
     model.to(memory_format=memory_format)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=s.gpu)

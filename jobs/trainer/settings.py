@@ -33,6 +33,7 @@ class TrainSettings:
     checkpoint_every: int = 0  # epochs between checkpoints; 0: the recipe's
     time_budget_s: float = 0.0  # > 0: train until this much wall time has passed, then checkpoint
     shuffle: bool = True  # shuffle training data each epoch (tests turn it off)
+    class_balance: bool = False  # draw batches class-balanced (long-tailed data): jobs.data.images
     limit_batches: int | None = None  # stop each epoch after this many batches (tests)
     model_config: dict[str, Any] = field(default_factory=dict)  # overrides of the model config
     inject_failure_at_epoch: int | None = None  # fault-injection hook for tests: one worker raises once

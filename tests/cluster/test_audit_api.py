@@ -162,18 +162,18 @@ def test_score_body_matches_models_audit_and_uses_the_versions_reference(cvae_ho
     # an audit of the training data leaves a reference beside the version: percentiles from then on
     mv = Registry(cvae_home).resolve("tiny-cvae:v1")
     spec = _spec(cvae_home)
-    nll = want.nll
-    reference = OutlierReference.fit(nll, torch.from_numpy(labels), 10, config)
+    reference = OutlierReference.fit(want.nll, torch.from_numpy(labels), 10, config, code=want.code)
     assert save_version_reference(mv, spec, reference)  # K=2, seed 0: another config than this request's
     assert version_reference(mv, spec.config).name == "audit_reference_k2_seed0.json"
     assert json.loads(sampler.score_body(request))["reference"] is None
     body = json.loads(sampler.score_body({**request, "seed": 0}))
     assert body["reference"] == {"data": "digits", "per_class": list(reference.counts)}
-    assert [r["outlier_percentile"] for r in body["scores"]] == pytest.approx(
-        reference.percentile(
-            torch.tensor([r["nll"] for r in body["scores"]]), torch.from_numpy(labels)
-        ).tolist()
-    )
+    got = {k: torch.tensor([r[k] for r in body["scores"]]) for k in ("nll", "code_nll", "outlier_score")}
+    pct = reference.percentile(got["nll"], torch.from_numpy(labels))
+    code = reference.code_percentile(got["code_nll"], torch.from_numpy(labels))
+    assert [r["outlier_percentile"] for r in body["scores"]] == pytest.approx(pct.tolist())
+    assert [r["code_percentile"] for r in body["scores"]] == pytest.approx(code.tolist())
+    assert got["outlier_score"].tolist() == pytest.approx(torch.maximum(pct, code).tolist())
     version_reference(mv, spec.config).delete()
     assert load_version_reference(mv, spec.config) is None
 

@@ -73,6 +73,10 @@ def test_audit_writes_one_scored_row_per_image_and_the_report(ray_local, audit_h
     assert (df["suggested_label"] == df["label"]).mean() > 0.8
     # the training split calibrates the percentiles: they spread over 0..100 (median near 50)
     assert 35 < df["outlier_percentile"].median() < 65
+    assert 35 < df["code_percentile"].median() < 65 and np.isfinite(df["code_nll"]).all()
+    np.testing.assert_array_equal(
+        df["outlier_score"], np.maximum(df["outlier_percentile"], df["code_percentile"])
+    )
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["kind"] == "audit" and manifest["totals"]["rows"] == N_TRAIN
     assert manifest["totals"]["shards"] == 3 and manifest["audit"]["importance_samples_K"] == 4

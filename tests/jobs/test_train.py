@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -131,13 +132,12 @@ def test_loss_goes_down_and_version_registered(ray_local, home, kind):
     assert (version / "samples.png").stat().st_size > 100
     for name in ("config.json", "weights.pt", "classes.json", "data.json", "model.json"):
         assert (version / name).is_file()
-    # a second run registers v2, leaving v1 untouched
+    # a second run (class-balanced batches for the cGAN) registers v2, leaving v1 untouched
     before = (version / "weights.pt").read_bytes()
-    train(
-        TrainSettings(model=kind, dataset="digits", name=f"d-{kind}", workers=1, epochs=1, limit_batches=1),
-        home,
-        quiet=True,
-    )
+    balance = kind == "cgan"
+    s2 = TrainSettings(model=kind, dataset="digits", name=f"d-{kind}", workers=2, epochs=1, limit_batches=1)
+    info2 = train(dataclasses.replace(s2, class_balance=balance), home, quiet=True)
+    assert info2["train_settings"]["class_balance"] is balance
     assert Registry(home).versions(f"d-{kind}") == [1, 2]
     assert (version / "weights.pt").read_bytes() == before
 

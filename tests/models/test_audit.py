@@ -13,11 +13,14 @@ from models.audit import (
     AuditConfig,
     OutlierReference,
     class_nll,
+    code_nll,
     draw_eps,
+    given_nll,
     iwae_nll,
     log_prior,
     log_weights,
     reconstruct,
+    reference_scores,
     score,
 )
 
@@ -189,6 +192,35 @@ def test_trained_model_flags_noise_as_outlier_and_a_swapped_label(trained):
     assert (swapped.margin > 0.9).all()
 
 
+@pytest.mark.parametrize("variant", VARIANTS[1:3], ids=lambda v: "-".join(v.values()))
+def test_reference_scores_are_the_audits_own_label_scores_at_a_tenth_of_the_cost(variant):
+    model = fitted(tiny(**variant))
+    x, y = images(9), torch.tensor([2, 0, 1, 1, 0, 2, 2, 0, 1])
+    cfg = AuditConfig(samples=8, seed=3, batch_size=4)
+    full = score(model, x, y, cfg)
+    torch.testing.assert_close(given_nll(model, x, y, cfg), full.nll, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(code_nll(model, x, y), full.code)
+    mu, _ = model.encode(x, y)
+    torch.testing.assert_close(full.code[4], -log_prior(model, mu[4:5], 0)[0].double())
+    torch.testing.assert_close(reference_scores(model, x, y, cfg)[:, 1], full.code)
+
+
+def test_the_code_percentile_flags_what_the_decoder_reconstructs_well(trained):
+    """A constant image is easy to reconstruct but unlike any training code: the outlier score, the larger of
+    the two percentiles, ranks it above every held-out in-class image."""
+    cfg = AuditConfig(samples=16)
+    train_x, train_y = patterns(256, seed=0)
+    scores = reference_scores(trained, train_x, train_y, cfg)
+    ref = OutlierReference.fit(scores[:, 0], train_y, 2, cfg, code=scores[:, 1])
+    x, y = patterns(20, seed=3)
+    clean = score(trained, x, y, cfg, ref)
+    flat = score(trained, torch.full((2, 1, 8, 8), 0.3), torch.tensor([0, 1]), cfg, ref)
+    assert flat.code.min() > clean.code.max() and (flat.code_percentile == 100).all()
+    assert flat.outlier_score.min() > clean.outlier_score.max()
+    torch.testing.assert_close(clean.outlier_score, torch.maximum(clean.outlier, clean.code_percentile))
+    assert 10 < float(clean.code_percentile.median()) < 90
+
+
 def test_reconstruct_denoises_in_class_images(trained):
     x, y = patterns(20, seed=5)
     noisy = (x + 0.4 * torch.randn(x.shape, generator=torch.Generator().manual_seed(6))).clamp(-1, 1)
@@ -209,6 +241,16 @@ def test_outlier_reference_percentiles_and_json_round_trip():
     assert math.isnan(pct[4])  # class 2 had no training images
     back = OutlierReference.from_dict(json.loads(json.dumps(ref.to_dict())))
     assert back == ref and back.counts == (100, 100, 0) and back.config.samples == 4
+    assert ref.code_percentile(nll[:5], labels[:5]) is None  # fitted without codes: the nll percentile alone
+    assert ref.outlier_score(pct, None) is pct
+    coded = OutlierReference.fit(nll, labels, 3, AuditConfig(samples=4), code=-nll)
+    cpct = coded.code_percentile(torch.tensor([-49.5, -495.0]), torch.tensor([0, 1]))
+    torch.testing.assert_close(cpct, torch.tensor([50.0, 50.0], dtype=torch.float64))
+    assert OutlierReference.from_dict(json.loads(json.dumps(coded.to_dict()))) == coded
+    old = {k: v for k, v in ref.to_dict().items() if k != "code_quantiles"}  # saved before codes existed
+    assert OutlierReference.from_dict(old) == ref
+    with pytest.raises(ValueError, match="1 code quantile lists for 3 classes"):
+        OutlierReference.from_dict({**coded.to_dict(), "code_quantiles": [[1.0]]})
     with pytest.raises(ValueError, match="lacks counts"):
         OutlierReference.from_dict({"quantiles": [], "config": {}})
 

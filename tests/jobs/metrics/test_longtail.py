@@ -73,12 +73,19 @@ def test_topping_up_with_real_looking_samples_beats_oversampling_and_noise_does_
     for row in good["per_seed"]:
         assert len(row["rare"]) == 3 and all(k <= 5 for k in row["rare_kept"])
         assert row["topped_up_rare_recall"] > row["oversampled_rare_recall"]
+        assert row["mixed_rare_recall"] > row["oversampled_rare_recall"]  # half real, half samples
     # measured: +2.5 / +2.2 pp (digits is easy: oversampling alone keeps 0.94-0.96 balanced accuracy)
     assert good["gain"]["mean"] > 0.01
     assert good["gain_pp"]["mean"] == pytest.approx(100 * good["gain"]["mean"])
     assert good["classical"] == "random shifts of up to 10% of the side"  # digits: no flips
+    assert (
+        good["gain_mixed_pp"]["mean"] == pytest.approx(100 * good["gain_mixed"]["mean"])
+        and good["real_share"] == 0.5
+    )
     bad = long_tail_gain("cvae", train, test, [0], train_fn=noise, **common)
     assert bad["gain"]["mean"] < good["gain"]["mean"]
+    # noise hurts less when the rare classes' real images keep half of their share
+    assert bad["gain_mixed"]["mean"] > bad["gain"]["mean"]
 
 
 def test_classical_augmentation_flips_only_where_a_mirror_keeps_the_label():
