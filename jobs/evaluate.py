@@ -452,16 +452,20 @@ def _long_tail_section(
         "std": lt["gain_pp"]["std"],
         "oversampled": lt["oversampled"],
         "topped_up": lt["topped_up"],
+        "mixed": lt["mixed"],
+        "gain_mixed_pp": lt["gain_mixed_pp"],
         "per_seed": lt["per_seed"],
         "target": target,
         "pass": ok,
         "protocol": f"balanced accuracy (mean per-class recall) on the {len(test)} real test images, in pp: "
         f"{RARE_CLASSES} classes (chosen by seed) cut to {RARE_KEEP:.0%} of their train images; a "
         f"{model_type} with this model's config trained in-process on that long-tailed set only "
-        f"({recipe.steps} steps, lr {recipe.lr:g}); FeatureCNN on the set topped up with samples of the "
-        f"rare classes to the largest class's size, minus the same classifier (same seed, steps and "
+        f"({recipe.steps} steps, lr {recipe.lr:g}, class-balanced batches"
+        f"{', DiffAugment' if recipe.diffaug else ''}); FeatureCNN on the set topped up with samples of "
+        f"the rare classes to the largest class's size, minus the same classifier (same seed, steps and "
         f"{lt['classical']}) on the set with the rare classes oversampled to that size; mean ± std "
-        f"(ddof=1) over seeds {list(seeds)}",
+        f"(ddof=1) over seeds {list(seeds)}. gain_mixed_pp: the same with each rare class's real images "
+        f"cycled to {lt['real_share']:.0%} of that size and samples for the rest",
     }
 
 

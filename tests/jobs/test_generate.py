@@ -182,12 +182,18 @@ def test_a_dataset_card_says_what_the_evaluated_model_is_worth(tmp_path):
             "protocol": "both arms with classical augmentation",
         },
         "augmentation_gain": {"by_k": {"10": {"mean": 9.0, "std": 2.0}}},
-        "long_tail_gain": {"value": 6.0, "std": 1.5, "protocol": "balanced accuracy"},
+        "long_tail_gain": {
+            "value": 6.0,
+            "std": 1.5,
+            "gain_mixed_pp": {"mean": -0.5, "std": 0.25},
+            "protocol": "balanced accuracy",
+        },
     }
     write_json_atomic(mv.location / "eval.json", report)
     ev = lineage(mv)["evaluation"]
     assert ev["gain_over_classical_by_k"] == {"10": "+4.50 ± 1.00 pp", "50": "+2.25 ± 0.50 pp", "200": None}
     assert ev["long_tail_gain"] == "+6.00 ± 1.50 pp" and ev["classifier_test_accuracy"] == 0.91
+    assert ev["long_tail_gain_half_real"] == "-0.50 ± 0.25 pp"
     card = render_card({**_card_manifest(), "lineage": lineage(mv)})
     assert "## How much the model's samples help a classifier" in card
     assert "fashion-mnist:/d test, seeds [0, 1, 2]" in card
