@@ -41,7 +41,8 @@ def _grid_png(cells: list[list[tuple[np.ndarray, str]]], row_names: list[str], t
     from matplotlib.figure import Figure
 
     cols = max([len(r) for r in cells] + [1])
-    fig = Figure(figsize=(1.15 * cols + 1.0, 1.3 * max(len(cells), 1) + 0.5), dpi=80)
+    lines = max([c.count("\n") + 1 for r in cells for _, c in r] + [1])  # caption lines above each image
+    fig = Figure(figsize=(1.15 * cols + 1.0, (1.15 + 0.15 * lines) * max(len(cells), 1) + 0.5), dpi=80)
     FigureCanvasAgg(fig)
     axes = fig.subplots(max(len(cells), 1), cols, squeeze=False)
     for i, row in enumerate(axes):
@@ -96,14 +97,14 @@ def write_report(spec: AuditSpec, rows: pd.DataFrame) -> dict[str, Any]:
     suspects = by_error.head(GRID_LABEL_ERRORS)
     cols = ["index", "label_name", "suggested_name", "label_error"]
     error_cells = _captioned(
-        suspects, [f"#{i} {a}->{b} {e:.2f}" for i, a, b, e in suspects[cols].itertuples(index=False)]
+        suspects, [f"#{i} ({e:.2f})\n{a}->{b}" for i, a, b, e in suspects[cols].itertuples(index=False)]
     )
     error_rows = [error_cells[i : i + 8] for i in range(0, len(error_cells), 8)]
     out.join(OUTLIER_GRID).write_bytes(
         _grid_png(outlier_cells, list(spec.classes), "Top outliers per class (#index, outlier score)")
     )
     out.join(LABEL_ERROR_GRID).write_bytes(
-        _grid_png(error_rows, [], "Top suspected label errors (#index given->suggested, label-error score)")
+        _grid_png(error_rows, [], "Top suspected label errors (#index (label-error score), given->suggested)")
     )
     disagree = rows.suggested_label != rows.label
     summary = {
