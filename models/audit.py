@@ -35,7 +35,7 @@ noise.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, NamedTuple
 
@@ -161,14 +161,12 @@ def code_nll(model: torch.nn.Module, images: Tensor, labels: Tensor, batch_size:
     model = check_cvae(model)
     check_images(model, images, labels)
     device = module_device(model)
-    out = torch.empty(len(labels), dtype=torch.float64)
-    for c in torch.unique(labels).tolist():
-        idx = torch.nonzero(labels == c)[:, 0]
-        for start in range(0, len(idx), batch_size):
-            part = idx[start : start + batch_size]
-            mu, _ = model.encode(images[part].to(device, torch.float32), labels[part].to(device))
-            out[part] = -log_prior(model, mu, int(c)).double().cpu()
-    return out
+
+    def chunk(part: Tensor, c: int) -> Tensor:
+        mu, _ = model.encode(images[part].to(device, torch.float32), labels[part].to(device))
+        return -log_prior(model, mu, c)
+
+    return _by_class(labels, batch_size, chunk)
 
 
 @torch.no_grad()
@@ -181,13 +179,21 @@ def given_nll(
     check_images(model, images, labels)
     eps = draw_eps(config.samples, model.config.latent_dim, config.seed)
     device = module_device(model)
+
+    def chunk(part: Tensor, c: int) -> Tensor:
+        return iwae_nll(log_weights(model, images[part].to(device, torch.float32), c, eps))  # (b,)
+
+    return _by_class(labels, config.batch_size, chunk)
+
+
+def _by_class(labels: Tensor, batch_size: int, fn: Callable[[Tensor, int], Tensor]) -> Tensor:
+    """(B,) float64 on the CPU: ``fn(indices, c)`` over chunks of up to ``batch_size`` images of one class."""
     out = torch.empty(len(labels), dtype=torch.float64)
     for c in torch.unique(labels).tolist():
         idx = torch.nonzero(labels == c)[:, 0]
-        for start in range(0, len(idx), config.batch_size):
-            part = idx[start : start + config.batch_size]
-            log_w = log_weights(model, images[part].to(device, torch.float32), int(c), eps)  # (K, b)
-            out[part] = iwae_nll(log_w).double().cpu()
+        for start in range(0, len(idx), batch_size):
+            part = idx[start : start + batch_size]
+            out[part] = fn(part, int(c)).double().cpu()
     return out
 
 
