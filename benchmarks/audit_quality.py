@@ -116,7 +116,7 @@ def fit_reference(
     keep = torch.cat([torch.nonzero(train.labels == c)[:per_class, 0] for c in range(train.num_classes)])
     labels = train.labels[keep]
     scores = reference_scores(model, train.images[keep], labels, config)  # (R, 2)
-    return OutlierReference.fit(scores[:, 0], labels, train.num_classes, config, code=scores[:, 1])
+    return OutlierReference.from_scores(scores, labels, train.num_classes, config)
 
 
 def off_domain(kind: str, count: int, test: ImageDataset, gen: torch.Generator) -> Tensor:

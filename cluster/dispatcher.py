@@ -400,7 +400,7 @@ class QueueOwner:
 
         parts = await asyncio.gather(*(chunk(r) for r in reference_chunks(spec, len(labels))))
         scores = torch.tensor([v for part in parts for v in part], dtype=torch.float64)  # (R, 2)
-        return OutlierReference.fit(scores[:, 0], labels, len(spec.classes), spec.config, code=scores[:, 1])
+        return OutlierReference.from_scores(scores, labels, len(spec.classes), spec.config)
 
 
 async def _resend(call: Callable[[], Awaitable[Any]], what: str) -> Any:

@@ -124,7 +124,7 @@ def fit_reference(spec: AuditSpec, home: Location, progress=print) -> OutlierRef
         for r in reference_chunks(spec, len(labels))
     ]
     scores = torch.cat(_run_tasks(refs, progress, "reference chunk"))  # (R, 2)
-    return OutlierReference.fit(scores[:, 0], labels, len(spec.classes), spec.config, code=scores[:, 1])
+    return OutlierReference.from_scores(scores, labels, len(spec.classes), spec.config)
 
 
 def version_reference(mv: ModelVersion, config: AuditConfig) -> Location:

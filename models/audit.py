@@ -198,7 +198,8 @@ def _by_class(labels: Tensor, batch_size: int, fn: Callable[[Tensor, int], Tenso
 
 
 def reference_scores(model: torch.nn.Module, images: Tensor, labels: Tensor, config: AuditConfig) -> Tensor:
-    """(N, 2) float64 [nll(x | y), code_nll] of reference images: what ``OutlierReference.fit`` takes."""
+    """(N, 2) float64 [nll(x | y), code_nll] of reference images: what ``OutlierReference.from_scores``
+    takes."""
     return torch.stack([given_nll(model, images, labels, config), code_nll(model, images, labels)], dim=1)
 
 
@@ -296,6 +297,13 @@ class OutlierReference:
         counts = tuple(int((labels == c).sum()) for c in range(num_classes))
         code_q = () if code is None else _class_quantiles(code, labels, num_classes, points)
         return cls(_class_quantiles(nll, labels, num_classes, points), counts, config, code_q)
+
+    @classmethod
+    def from_scores(
+        cls, scores: Tensor, labels: Tensor, num_classes: int, config: AuditConfig
+    ) -> OutlierReference:
+        """``fit`` on ``reference_scores``' (R, 2) [nll, code_nll] columns."""
+        return cls.fit(scores[:, 0], labels, num_classes, config, code=scores[:, 1])
 
     def percentile(self, nll: Tensor, labels: Tensor) -> Tensor:
         """Percentile 0..100 (float64, (B,)) of each ``nll`` in its class; NaN for a class without data."""

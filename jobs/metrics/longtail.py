@@ -137,10 +137,9 @@ def long_tail_gain(
         over = oversampled_indices(y_lt, rare, target)
         x_over, y_over = x_lt[over], y_lt[over]
         # (c) mixed: each rare class's real images cycled to real_share of the target, samples the rest
-        half = oversampled_indices(y_lt, rare, round(real_share * target))
-        keep_syn = torch.cat(
-            [torch.nonzero(extra_y == c)[:, 0][: target - round(real_share * target)] for c in rare]
-        )
+        n_real = round(real_share * target)
+        half = oversampled_indices(y_lt, rare, n_real)
+        keep_syn = torch.cat([torch.nonzero(extra_y == c)[:, 0][: target - n_real] for c in rare])
         x_mix, y_mix = torch.cat([x_lt[half], x_syn[keep_syn]]), torch.cat([y_lt[half], extra_y[keep_syn]])
         steps = classifier_config.steps_for(len(y_top))
         cfg = classical_augmentation(

@@ -117,7 +117,7 @@ def train_loop_per_worker(config: dict) -> dict:
         generator=torch.Generator().manual_seed(s.seed),
         pin_memory=s.gpu,  # page-locked batches: prepare_data_loader copies them non-blocking
     )
-    loader = rt.prepare_data_loader(loader, add_dist_sampler=not s.class_balance)
+    loader = rt.prepare_data_loader(loader, add_dist_sampler=balanced is None)
     memory_format = memory_format_for(model, s.gpu)
     model.to(memory_format=memory_format)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=s.gpu)

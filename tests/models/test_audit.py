@@ -211,7 +211,7 @@ def test_the_code_percentile_flags_what_the_decoder_reconstructs_well(trained):
     cfg = AuditConfig(samples=16)
     train_x, train_y = patterns(256, seed=0)
     scores = reference_scores(trained, train_x, train_y, cfg)
-    ref = OutlierReference.fit(scores[:, 0], train_y, 2, cfg, code=scores[:, 1])
+    ref = OutlierReference.from_scores(scores, train_y, 2, cfg)
     x, y = patterns(20, seed=3)
     clean = score(trained, x, y, cfg, ref)
     flat = score(trained, torch.full((2, 1, 8, 8), 0.3), torch.tensor([0, 1]), cfg, ref)
