@@ -69,7 +69,7 @@ def report_rows(report: Mapping[str, Any]) -> list[list[str]]:
         elif name == "memorisation" and m.get("value") is not None:
             value = f"{100 * m['value']:.2f} %"
         elif name == "cas_svc" and m.get("value") is not None:
-            value += f" (real {_fmt(m.get('real'))})"
+            value += f" ± {m.get('std') or 0:.4f} (real {_fmt(m.get('real'))})"
         elif name in ("precision", "recall", "density", "coverage"):
             value += f" (ref {_fmt(m.get('reference'))})"
         met = {True: "yes", False: "NO", None: ""}[m.get("pass")]
