@@ -72,8 +72,10 @@ RECIPES: dict[tuple[str, str], Recipe] = {
     ),
     ("cgan", "small"): Recipe(
         "small", images=269_400, max_epochs=300, batch_size=128, lr=4.2e-4, checkpoints=6,
-        # noise_scale 1.0 -> 0.9 on digits: label fidelity 0.994 -> 0.9975, FID 10.2 -> 10.7.
-        model_config={"noise_scale": 0.9},
+        # noise_scale on digits (3 sample seeds x 2 training seeds, benchmarks/QUALITY.md): 0.9 / 0.95 / 1.0:
+        # label fidelity 0.998 / 0.997 / 0.996, FID 9.4 / 9.1 / 8.9, SVC 0.958 / 0.959 / 0.961 (ref 0.957).
+        # 0.95 keeps label fidelity clear of 0.995 and the SVC above its reference.
+        model_config={"noise_scale": 0.95},
         why="Tuned on digits (benchmarks/QUALITY.md).",
     ),
     ("cvae", "large"): Recipe(

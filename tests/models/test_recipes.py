@@ -21,7 +21,7 @@ def test_digits_keeps_the_settings_its_quality_targets_were_measured_with():
         128,
         4.2e-4,
     )
-    assert cvae.model_config["prior"] == "class_gaussian" and cgan.model_config == {"noise_scale": 0.9}
+    assert cvae.model_config["prior"] == "class_gaussian" and cgan.model_config == {"noise_scale": 0.95}
 
 
 @pytest.mark.parametrize("size", [28, 32, 64])
