@@ -50,7 +50,7 @@ def recipe_with(base: LowDataRecipe, settings: list[str]) -> LowDataRecipe:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(1)
     train, test = load_dataset(args.dataset, "train", None), load_dataset(args.dataset, "test", None)
-    model_config = dict(default_recipe(args.model, train.image_size).model_config)
+    model_config = dict(default_recipe(args.model, train.image_size, train.channels).model_config)
     base = (LONG_TAIL_RECIPES if args.protocol == "longtail" else LOW_DATA_RECIPES)[args.model]
     recipe = recipe_with(base, args.set)
     started = time.time()

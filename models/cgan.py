@@ -65,6 +65,10 @@ class CGANConfig:
     # ``sample`` draws z = noise_scale * temperature * eps: the model's own truncation (BigGAN's trick,
     # trading a little diversity for fidelity); 1 = the training distribution of z.
     noise_scale: float = 1.0
+    # Weight of MSGAN's mode-seeking term (Mao et al. 2019) in the G loss: the G step pairs each noise with
+    # another of the same label and G minimises mode_seeking / (|G(z1) - G(z2)| / |z1 - z2|), so that the
+    # noise changes the image (a class drawn in one colour only is a collapse the D cannot see). 0 = off.
+    mode_seeking: float = 0.0
 
     def __post_init__(self) -> None:
         check_image_config(self.image_size, self.channels, self.arch)
@@ -77,6 +81,7 @@ class CGANConfig:
         check_float("translation", self.translation, 0.0, 0.5)
         check_float("cutout", self.cutout, 0.0, 1.0)
         check_float("noise_scale", self.noise_scale, 0.0, 10.0, open_low=True)
+        check_float("mode_seeking", self.mode_seeking, 0.0, 100.0)
 
     @property
     def resolved_arch(self) -> str:
@@ -95,7 +100,7 @@ class GANDOutput(NamedTuple):
 class GANGOutput(NamedTuple):
     """Generator step: hinge generator loss and the generated batch."""
 
-    loss: Tensor  # -mean(D(G(z)))
+    loss: Tensor  # -mean(D(G(z))) (+ the mode-seeking term when configured)
     fake: Tensor  # (B, C, H, W) in [-1, 1], attached to G's graph
 
 
@@ -202,15 +207,27 @@ def d_loss(
 
 
 def g_loss(G: nn.Module, D: nn.Module, labels: Tensor, z: Tensor, augment: bool | None = None) -> GANGOutput:
-    """Hinge generator loss ``-D(G(z)).mean()``.
+    """Hinge generator loss ``-D(G(z)).mean()``, plus the mode-seeking term when the config has one.
 
     D is called unwrapped (no DDP): the G step must not produce D gradients (the trainer freezes D's
     parameters), and a DDP forward whose backward never reaches its parameters would leave DDP's
     reducer waiting. G may be DDP-wrapped; its gradients are averaged as usual.
+
+    Mode seeking (``config.mode_seeking`` > 0): the second half of the batch takes the first half's labels,
+    so that images i and i + B/2 share a label and differ by their noise only; the term is
+    ``mode_seeking / (mean|G(z_i) - G(z_i+B/2)| / mean|z_i - z_i+B/2| + 1e-5)``.
     """
+    weight = unwrap(D).config.mode_seeking
+    h = labels.shape[0] // 2 if weight > 0 else 0
+    if h:
+        labels = torch.cat([labels[:h], labels[:h], labels[2 * h :]])  # pairs (i, i + h) share a label
     fake = G(z, labels)  # (B, C, H, W)
     x = unwrap(D).augment(fake) if _augment_flag(D, augment) else fake
-    return GANGOutput(-unwrap(D)(x, labels).mean(), fake)
+    loss = -unwrap(D)(x, labels).mean()
+    if h:
+        ratio = (fake[:h] - fake[h : 2 * h]).abs().mean() / (z[:h] - z[h : 2 * h]).abs().mean()
+        loss = loss + weight / (ratio + 1e-5)
+    return GANGOutput(loss, fake)
 
 
 class CGAN(ConditionalSampler):
@@ -251,6 +268,34 @@ class CGAN(ConditionalSampler):
         for ema_b, b in zip(self.generator_ema.buffers(), source.buffers(), strict=True):
             ema_b.copy_(b)
         self.ema_updates += 1
+
+    @torch.no_grad()
+    def standing_stats(self, batches: int = 16, batch_size: int = 256, seed: int = 0) -> None:
+        """Recompute ``generator_ema``'s BatchNorm statistics from its own activations (BigGAN's "standing
+        statistics", Brock et al. 2019): the statistics ``update_ema`` copies from G describe G's
+        activations, not those of the averaged weights. ``batches`` x ``batch_size`` draws of the training
+        noise N(0, I), labels cycling through the classes; deterministic for a seed."""
+        check_int("batches", batches, 1)
+        check_int("batch_size", batch_size, 1)
+        g = self.generator_ema
+        norms = [m for m in g.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if not norms:
+            return
+        momenta = [m.momentum for m in norms]
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # a cumulative average over the batches below
+        device = next(g.parameters()).device
+        rng = torch.Generator().manual_seed(seed)
+        labels = (torch.arange(batch_size) % self.config.num_classes).to(device)  # (B,) every class alike
+        g.train()
+        try:
+            for _ in range(batches):
+                g(torch.randn(batch_size, self.config.z_dim, generator=rng).to(device), labels)
+        finally:
+            for m, momentum in zip(norms, momenta, strict=True):
+                m.momentum = momentum
+            g.eval()
 
     def images_from_noise(self, z: Tensor, labels: Tensor) -> Tensor:
         """``generator_ema`` (eval mode) at z * noise_scale (the model's own truncation)."""

@@ -25,7 +25,7 @@ from jobs.data.images import class_balanced_sampler
 from jobs.data.spec import load_dataset
 from jobs.store.location import location
 from jobs.trainer.settings import TrainSettings, model_config
-from models.cgan import d_loss, g_loss
+from models.cgan import CGAN, d_loss, g_loss
 from models.checkpoint import build_model, load_checkpoint, save_checkpoint
 
 TRAIN_STATE = "train_state.pt"  # optimizers, epoch, history: beside the model files in a checkpoint
@@ -204,6 +204,8 @@ def train_loop_per_worker(config: dict) -> dict:
         if (epoch + 1) % s.checkpoint_every == 0 or epoch + 1 == plan.epochs:
             if getattr(model.config, "prior", "standard") != "standard":  # every rank: states stay equal
                 model.fit_prior(ds.images, ds.labels)
+            if isinstance(model, CGAN):  # the EMA G's own BatchNorm statistics, every rank alike
+                model.standing_stats(seed=s.seed)
             _report_with_checkpoint(model, optimizers, epoch, history, starts, ds, s, rank)
         epoch += 1
     digests = [state_digest(model)]

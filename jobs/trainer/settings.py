@@ -64,9 +64,11 @@ class TrainSettings:
         """Whether the recipe has filled every default (``with_recipe``)."""
         return bool(self.epochs and self.batch_size and self.lr and self.checkpoint_every)
 
-    def with_recipe(self, image_size: int, num_images: int) -> tuple[TrainSettings, Recipe]:
+    def with_recipe(
+        self, image_size: int, num_images: int, channels: int = 1
+    ) -> tuple[TrainSettings, Recipe]:
         """These settings with every unset field taken from the default recipe for the data, and it."""
-        r = default_recipe(self.model, image_size)
+        r = default_recipe(self.model, image_size, channels)
         epochs = self.epochs or r.epochs_for(num_images)
         filled = dataclasses.replace(
             self,
@@ -96,7 +98,7 @@ def budget_reserve_s(budget_s: float) -> float:
 def resolve_settings(settings: TrainSettings, ds=None) -> tuple[TrainSettings, Recipe, int]:
     """``settings`` with the default recipe for its dataset filled in, the recipe and the dataset size."""
     ds = ds if ds is not None else load_dataset(settings.dataset, "train", settings.image_size)
-    filled, recipe = settings.with_recipe(ds.image_size, len(ds))
+    filled, recipe = settings.with_recipe(ds.image_size, len(ds), ds.channels)
     return filled, recipe, len(ds)
 
 

@@ -65,6 +65,13 @@ def test_two_worker_gan_ranks_end_identical(ray_local, home):
     )
     digests = info["rank_state_digests"]
     assert len(digests) == 2 and digests[0] == digests[1]
+    # the checkpoint's EMA generator carries its own (standing) BatchNorm statistics, not G's
+    model = load_checkpoint(Registry(home).resolve("gan2").path).model
+    ema = {k: v.clone() for k, v in model.generator_ema.named_buffers()}
+    assert any(not torch.equal(v, dict(model.generator.named_buffers())[k]) for k, v in ema.items())
+    model.standing_stats(seed=0)  # what the trainer computed at the checkpoint (the settings' seed)
+    for k, v in model.generator_ema.named_buffers():  # up to float rounding (1 torch thread per worker)
+        torch.testing.assert_close(v, ema[k], rtol=1e-4, atol=1e-6, msg=k)
 
 
 def test_worker_failure_resumes_from_last_checkpoint(ray_local, home):

@@ -193,6 +193,58 @@ def test_update_ema_math_and_buffer_copy():
         assert torch.equal(ema_b, b)
 
 
+@pytest.mark.parametrize("arch", ["mlp", "conv"])
+def test_standing_stats_measure_the_ema_generators_own_activations(arch):
+    model = tiny(size=16, channels=3, arch=arch, ema_decay=0.9)
+    G, ema = model.generator, model.generator_ema
+    G.train()(torch.randn(32, 8), torch.arange(32) % 10)  # G's statistics, then weights that moved away
+    with torch.no_grad():
+        for p in G.parameters():
+            p.add_(0.5 * torch.randn_like(p))
+    model.ema_updates.fill_(10**6)
+    model.update_ema()  # the EMA now holds averaged weights and G's (old) statistics
+    first = ema.norms[0].bn  # the BatchNorm behind the first hidden layer
+    inputs = []
+    hook = first.register_forward_hook(lambda m, args, out: inputs.append(args[0].detach()))
+    model.standing_stats(batches=4, batch_size=50, seed=3)
+    hook.remove()
+    per_batch = [x.transpose(0, 1).flatten(1) for x in inputs]  # 4 x (F, positions of one batch)
+    # a cumulative average (momentum None) of the 4 batches' means and unbiased variances
+    torch.testing.assert_close(first.running_mean, torch.stack([x.mean(1) for x in per_batch]).mean(0))
+    torch.testing.assert_close(first.running_var, torch.stack([x.var(1) for x in per_batch]).mean(0))
+    assert not ema.training and first.momentum == 0.1  # back in eval mode, momentum restored
+    again = tiny(size=16, channels=3, arch=arch)
+    again.load_state_dict(model.state_dict())
+    again.standing_stats(batches=4, batch_size=50, seed=3)
+    for a, b in zip(again.generator_ema.buffers(), ema.buffers(), strict=True):
+        assert torch.equal(a, b)  # deterministic for a seed
+    with pytest.raises(ValueError, match="batches"):
+        model.standing_stats(batches=0)
+
+
+def test_mode_seeking_pairs_labels_and_adds_the_inverse_distance_ratio():
+    plain, seeking = tiny(size=16, arch="conv"), tiny(size=16, arch="conv", mode_seeking=2.0)
+    seeking.load_state_dict(plain.state_dict())  # same G and D: the losses differ by the term only
+    labels, z = torch.tensor([1, 2, 3, 4, 5, 6, 7]), torch.randn(7, 8)
+    paired = torch.tensor([1, 2, 3, 1, 2, 3, 7])  # i and i + 3 share a label; the odd last one keeps its own
+    base = g_loss(plain.generator, plain.discriminator.eval(), paired, z)
+    out = g_loss(seeking.generator, seeking.discriminator.eval(), labels, z)
+    torch.testing.assert_close(out.fake, base.fake)  # G saw the paired labels
+    ratio = (base.fake[:3] - base.fake[3:6]).abs().mean() / (z[:3] - z[3:6]).abs().mean()
+    torch.testing.assert_close(out.loss, base.loss + 2.0 / (ratio + 1e-5))
+    # its gradient pushes a pair's images apart: one G step on the term alone raises the ratio
+    G = seeking.generator.train()
+    opt = torch.optim.SGD(G.parameters(), lr=0.05)
+    gap = (out.fake[:3] - out.fake[3:6]).abs().mean() / (z[:3] - z[3:6]).abs().mean()
+    opt.zero_grad()
+    (2.0 / (gap + 1e-5)).backward()
+    opt.step()
+    after = G(z, paired)
+    assert (after[:3] - after[3:6]).abs().mean() > (base.fake[:3] - base.fake[3:6]).abs().mean()
+    with pytest.raises(ValueError, match="mode_seeking"):
+        tiny(mode_seeking=-1.0)
+
+
 def test_update_ema_warm_up_follows_g_early():
     model = tiny(ema_decay=0.999)
     with torch.no_grad():

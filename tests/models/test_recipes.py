@@ -32,6 +32,19 @@ def test_images_above_16_px_get_the_conv_recipe(size):
     assert default_recipe("cgan", 16).name == "small"
 
 
+def test_colour_images_above_16_px_get_the_colour_cgan_recipe_and_grey_ones_do_not():
+    colour = default_recipe("cgan", 32, channels=3)
+    assert colour.name == "colour" and colour.model_config["mode_seeking"] > 0
+    assert {k: v for k, v in colour.model_config.items() if k not in ("mode_seeking", "noise_scale")} == {
+        k: v for k, v in default_recipe("cgan", 32).model_config.items() if k != "noise_scale"
+    }  # otherwise the large recipe's networks
+    assert "mode_seeking" not in default_recipe("cgan", 28, channels=1).model_config  # grey: large
+    assert default_recipe("cvae", 32, channels=3).name == "large"  # the cVAE has no colour variant
+    assert default_recipe("cgan", 16, channels=3).name == "small"
+    with pytest.raises(ValueError, match="channels"):
+        default_recipe("cgan", 32, channels=0)
+
+
 def test_epochs_follow_the_dataset_size_and_are_capped():
     r = default_recipe("cgan", 28)
     assert r.epochs_for(60_000) == 20  # 1.2M images shown
