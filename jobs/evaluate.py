@@ -102,6 +102,7 @@ def evaluate(
     gain_k: Sequence[int] | None = None,
     fast: bool = False,
     *,
+    cas_per_class: int | None = None,
     long_tail: bool | None = None,
     train_fn: TrainFn | None = None,
     classifier_config: ClassifierConfig = ClassifierConfig(),
@@ -117,6 +118,9 @@ def evaluate(
     model version directory. ``fast``: one seed, at most 50 samples per class, k=10 only, the gain's
     generator trained for 1/8 of its epochs, 1000 SVC samples: a smoke test, not a measurement.
     ``train_fn`` replaces the generator training of the gain and long-tail protocols (tests).
+    ``cas_per_class`` (None: ``n_per_class``, raised to the real train split's mean class size, so that the
+    CAS classifier sees as many samples as its real reference sees images, as Ravuri & Vinyals train it;
+    ``fast``: ``n_per_class``) sets the synthetic training set of the CAS row.
     ``gain_k`` defaults to 5,10,50 on digits and 10,50,200 elsewhere; ``long_tail`` (None: on when every
     class has >= 500 train images, so that 1 % of a class is >= 5 images) runs ``long_tail_gain``.
     Targets: ``jobs.metrics.targets`` (digits' table on digits, the real-data table elsewhere).
@@ -127,6 +131,10 @@ def evaluate(
     seeds = [int(s) for s in seeds]
     if not seeds or min(seeds) < 0:
         raise ValueError(f"seeds must be one or more integers >= 0, e.g. 0,1,2; got {seeds}")
+    if cas_per_class is not None and (
+        isinstance(cas_per_class, bool) or not isinstance(cas_per_class, int) or cas_per_class < 2
+    ):
+        raise ValueError(f"cas_per_class must be an integer >= 2 or None (auto), got {cas_per_class!r}")
     if fast:
         seeds, n_per_class = seeds[:1], min(n_per_class, 50)
     home = resolve_home(home)
@@ -211,19 +219,27 @@ def evaluate(
         f"requested class; mean over {C} classes of {n_per_class} samples each (seed {seeds[0]})",
     }
 
-    # CAS and its ratio to real data.
+    # CAS and its ratio to real data: by default on as many samples as the real reference has images.
+    if fast:
+        n_cas = n_per_class
+    else:
+        n_cas = cas_per_class if cas_per_class is not None else max(n_per_class, -(-n_train // C))
+    cas_labels = torch.arange(C).repeat_interleave(n_cas)  # (C*n_cas,)
     cas_rows = []
     for s in seeds:
-        log(f"CAS seed {s}: training a classifier on {n_fake} samples ...")
-        syn = cas(samples[s], labels, test.images, test.labels, s, C, classifier_config)
+        x_cas = samples[s] if n_cas == n_per_class else sample_images(model, cas_labels, s, temperature)
+        log(f"CAS seed {s}: training a classifier on {len(x_cas)} samples ...")
+        syn = cas(x_cas, cas_labels, test.images, test.labels, s, C, classifier_config)
+        del x_cas
         real = real_baseline(home, train, test, s, classifier_config, log)
         cas_rows.append({"seed": s, "synthetic": syn, "real": real})
     cas_mean, cas_std = mean_std([r["synthetic"] for r in cas_rows])
     real_mean, real_std = mean_std([r["real"] for r in cas_rows])
     ratio = cas_mean / real_mean if real_mean > 0 else float("nan")
     cas_proto = (
-        f"FeatureCNN trained from scratch on {n_fake} samples ({n_per_class}/class, generation seed = "
-        f"training seed) only, tested on the {n_test} real test images; mean of seeds {seeds}"
+        f"FeatureCNN trained from scratch on {C * n_cas} samples ({n_cas}/class, generation seed = "
+        f"training seed; {classifier_config.steps_for(C * n_cas)} steps) only, tested on the {n_test} real "
+        f"test images; mean of seeds {seeds}"
     )
     out["cas"] = {
         "value": cas_mean,
@@ -233,7 +249,9 @@ def evaluate(
         "per_seed": cas_rows,
         "target": "-",
         "pass": None,
-        "protocol": cas_proto + "; 'real' = same classifier on the real train split",
+        "protocol": cas_proto + f"; 'real' = same classifier on the real train split "
+        f"({classifier_config.steps_for(n_train)} steps)",
+        "samples_per_class": n_cas,
     }
     target, ok = target_of("cas_ratio", ratio, model_type, kind)
     out["cas_ratio"] = {
@@ -459,6 +477,8 @@ def _long_tail_section(
         "topped_up": lt["topped_up"],
         "mixed": lt["mixed"],
         "gain_mixed_pp": lt["gain_mixed_pp"],
+        "full_real": lt["full_real"],
+        "ceiling_pp": lt["ceiling_pp"],
         "per_seed": lt["per_seed"],
         "target": target,
         "pass": ok,
@@ -470,7 +490,9 @@ def _long_tail_section(
         f"the rare classes to the largest class's size, minus the same classifier (same seed, steps and "
         f"{lt['classical']}) on the set with the rare classes oversampled to that size; mean ± std "
         f"(ddof=1) over seeds {list(seeds)}. gain_mixed_pp: the same with each rare class's real images "
-        f"cycled to {lt['real_share']:.0%} of that size and samples for the rest",
+        f"cycled to {lt['real_share']:.0%} of that size and samples for the rest. ceiling_pp: the same "
+        f"classifier on the whole train split (every rare image real) minus oversampling, the most a top-up "
+        f"of real-quality images could buy",
     }
 
 
@@ -573,6 +595,13 @@ def _int_list(text: str, flag: str) -> list[int]:
     return values
 
 
+def _gain_k(text: str | None) -> list[int] | None:
+    """``--gain-k``: None (the domain's default), ``none`` (no gain protocols) or a comma-separated list."""
+    if text is None:
+        return None
+    return [] if text.strip().lower() == "none" else _int_list(text, "--gain-k")
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The ``genaug eval`` flags (shared by ``python -m jobs.evaluate``)."""
     p.add_argument(
@@ -583,9 +612,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     p.add_argument("--per-class", type=int, default=200, help="samples per class per seed (default 200)")
     p.add_argument(
+        "--cas-per-class",
+        type=int,
+        default=None,
+        help="samples per class the CAS classifier trains on (default: --per-class, at least the real "
+        "train split's images per class, as Ravuri & Vinyals)",
+    )
+    p.add_argument(
         "--gain-k",
         default=None,
-        help="real images per class for the gain (default 5,10,50 on digits, 10,50,200 elsewhere)",
+        help="real images per class for the gain (default 5,10,50 on digits, 10,50,200 elsewhere; "
+        "'none' skips the gain protocols)",
     )
     p.add_argument(
         "--long-tail",
@@ -602,8 +639,9 @@ def run(args: argparse.Namespace) -> int:
         args.model,
         dataset=args.dataset,
         n_per_class=args.per_class,
+        cas_per_class=args.cas_per_class,
         seeds=_int_list(args.seeds, "--seeds"),
-        gain_k=_int_list(args.gain_k, "--gain-k") if args.gain_k is not None else None,
+        gain_k=_gain_k(args.gain_k),
         fast=args.fast,
         long_tail={"auto": None, "on": True, "off": False}[args.long_tail],
         log=lambda s: print(s, file=sys.stderr, flush=True),

@@ -125,6 +125,8 @@ def train_generator(
                 opt_g.step()
                 model.discriminator.requires_grad_(True)
                 model.update_ema()
+        if model_type == "cgan":  # as jobs.train at every checkpoint: the EMA G's BatchNorm statistics
+            model.standing_stats(seed=seed)
         if getattr(model.config, "prior", "standard") != "standard":  # few images: shrunk towards N(0, I)
             copies = 8 if r.data_translation else 1  # the prior covers the shifts the model was trained on
             shifted = [

@@ -11,9 +11,14 @@ same number of optimiser steps are trained on
 - (b) *top-up*: the long-tailed set plus generated images of each rare class up to that same size, and
 - (c) *mixed*: each rare class's real images cycled to ``LONG_TAIL_REAL_SHARE`` (half) of that size and
   generated images for the rest (the real share the augmentation-gain protocol uses too);
+- (d) *full real*: the whole train split, every rare class with all its real images (as large as (b) when
+  the classes are of one size): what the missing real images themselves would give. ceiling = (d) - (a)
+  bounds what a top-up can buy with this classifier, unless samples teach more than the real images they
+  stand in for;
 
-all three are scored by balanced accuracy (the mean of per-class recalls) on the whole real test split.
-gain = (b) - (a) and gain_mixed = (c) - (a), reported in pp as mean ± std (ddof=1) over seeds.
+all four are scored by balanced accuracy (the mean of per-class recalls) on the whole real test split.
+gain = (b) - (a), gain_mixed = (c) - (a) and ceiling = (d) - (a), reported in pp as mean ± std (ddof=1) over
+seeds.
 """
 
 from __future__ import annotations
@@ -146,7 +151,12 @@ def long_tail_gain(
             train.spec, dataclasses.replace(classifier_config, min_steps=steps, max_steps=steps)
         )
         row: dict[str, Any] = {"seed": int(seed), "rare": rare, "rare_kept": [int(counts[c]) for c in rare]}
-        arms = {"oversampled": (x_over, y_over), "topped_up": (x_top, y_top), "mixed": (x_mix, y_mix)}
+        arms = {
+            "oversampled": (x_over, y_over),
+            "topped_up": (x_top, y_top),
+            "mixed": (x_mix, y_mix),
+            "full_real": (train.images, train.labels),
+        }
         for arm, (x, y) in arms.items():
             net = train_classifier(x, y, C, seed, cfg)
             recalls = class_recalls(predict(net, test.images), test.labels, C)
@@ -154,12 +164,13 @@ def long_tail_gain(
             row[arm + "_rare_recall"] = float(np.mean([recalls[c] for c in rare]))
         row["gain"] = row["topped_up"] - row["oversampled"]
         row["gain_mixed"] = row["mixed"] - row["oversampled"]
+        row["ceiling"] = row["full_real"] - row["oversampled"]
         rows.append(row)
 
     def stat(key: str) -> dict[str, float]:
         return dict(zip(("mean", "std"), mean_std([r[key] for r in rows]), strict=True))
 
-    gain, gain_mixed = stat("gain"), stat("gain_mixed")
+    gain, gain_mixed, ceiling = stat("gain"), stat("gain_mixed"), stat("ceiling")
     return {
         "seeds": [int(s) for s in seeds],
         "oversampled": stat("oversampled"),
@@ -169,6 +180,9 @@ def long_tail_gain(
         "gain_mixed": gain_mixed,
         "mixed": stat("mixed"),
         "gain_mixed_pp": {"mean": 100 * gain_mixed["mean"], "std": 100 * gain_mixed["std"]},
+        "full_real": stat("full_real"),
+        "ceiling": ceiling,
+        "ceiling_pp": {"mean": 100 * ceiling["mean"], "std": 100 * ceiling["std"]},
         "real_share": real_share,
         "per_seed": rows,
         "rare_classes": rare_classes,

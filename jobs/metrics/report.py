@@ -66,6 +66,8 @@ def report_rows(report: Mapping[str, Any]) -> list[list[str]]:
             value = f"{m['value']:+.2f} ± {m.get('std') or 0:.2f} pp"
             if m.get("gain_mixed_pp"):
                 value += f" (half real: {m['gain_mixed_pp']['mean']:+.2f} ± {m['gain_mixed_pp']['std']:.2f})"
+            if m.get("ceiling_pp"):
+                value += f"; all real images: {m['ceiling_pp']['mean']:+.2f} ± {m['ceiling_pp']['std']:.2f}"
         elif name == "memorisation" and m.get("value") is not None:
             value = f"{100 * m['value']:.2f} %"
         elif name == "cas_svc" and m.get("value") is not None:
@@ -244,6 +246,7 @@ def card_summary(report: Mapping[str, Any]) -> dict[str, Any]:
         if lt.get("value") is not None
         else None,
         "long_tail_gain_half_real": pp(lt["gain_mixed_pp"]) if lt.get("gain_mixed_pp") else None,
+        "long_tail_ceiling": pp(lt["ceiling_pp"]) if lt.get("ceiling_pp") else None,
         "protocols": {
             name: (report.get(name) or {}).get("protocol")
             for name in ("gain_over_classical", "long_tail_gain")

@@ -16,6 +16,7 @@ from jobs import evaluate as ev
 from jobs.data.spec import load_dataset
 from jobs.metrics import classifier, distances, fidelity, gain
 from jobs.store.registry import Registry
+from models.cgan import CGAN
 from models.checkpoint import build_model, checkpoint_hash, save_checkpoint
 from tests.conftest import ReplayGenerator
 
@@ -251,7 +252,7 @@ def test_real_repeats_reach_the_share():
     assert gain.real_repeats(100, 10_000) == 100  # the default: half real, half synthetic
 
 
-def test_default_generator_training_is_seeded():
+def test_default_generator_training_is_seeded(monkeypatch):
     x = torch.rand(20, 1, 8, 8) * 2 - 1
     y = torch.arange(10).repeat(2)
     small = {"hidden": 16, "latent_dim": 2}
@@ -267,10 +268,13 @@ def test_default_generator_training_is_seeded():
         not torch.equal(p, q)
         for p, q in zip(a.state_dict().values(), fresh.state_dict().values(), strict=True)
     )
+    standing = []
+    monkeypatch.setattr(CGAN, "standing_stats", lambda self, **kw: standing.append(kw))
     g = gain.train_generator(
-        "cgan", x, y, classes, 0, model_config={"g_hidden": 16}, recipe=gain.LowDataRecipe(steps=2, lr=3e-4)
+        "cgan", x, y, classes, 5, model_config={"g_hidden": 16}, recipe=gain.LowDataRecipe(steps=2, lr=3e-4)
     )
     assert int(g.ema_updates) == 2  # counted in steps, not epochs
+    assert standing == [{"seed": 5}]  # the EMA G's BatchNorm statistics, as jobs.train computes them
     with pytest.raises(ValueError, match="unknown model type 'gan'"):
         gain.train_generator("gan", x, y, classes, 0)
 
@@ -343,6 +347,37 @@ def test_cli_evaluates_an_untrained_model_and_writes_the_report(tmp_path, monkey
     for name in ("fid", "cas_ratio", "label_fidelity", "memorisation", "augmentation_gain"):
         assert name in out
     assert not list(vdir.glob(".tmp-*"))
+
+
+@pytest.mark.slow
+def test_cas_trains_on_as_many_samples_as_the_real_split_and_gain_none_skips_the_gain(
+    tmp_path, monkeypatch, capsys, digits
+):
+    train, _ = digits
+    register(tmp_path, "tiny-cgan", "cgan")
+    calls = []
+
+    def replay(images, labels, classes, seed):
+        calls.append(seed)
+        return ReplayGenerator(train.images, train.labels)
+
+    monkeypatch.setattr(
+        ev, "evaluate", functools.partial(ev.evaluate, classifier_config=CHEAP, train_fn=replay)
+    )
+    argv = ["--home", str(tmp_path), "--model", "tiny-cgan", "--seeds", "0", "--per-class", "20"]
+    assert ev.main([*argv, "--gain-k", "none", "--long-tail", "off"]) == 0
+    report = json.loads((tmp_path / "models" / "tiny-cgan" / "v1" / "eval.json").read_text())
+    assert calls == []  # no gain, no long tail: no generator trained
+    assert report["augmentation_gain"]["value"] is None and report["augmentation_gain"]["by_k"] == {}
+    # digits train has 898 images: the CAS set is raised from 20 to ceil(898 / 10) = 90 per class
+    assert report["cas"]["samples_per_class"] == 90 and "900 samples (90/class" in report["cas"]["protocol"]
+    assert report["label_fidelity"]["protocol"].endswith("10 classes of 20 samples each (seed 0)")
+    assert ev.main([*argv, "--gain-k", "none", "--long-tail", "off", "--cas-per-class", "300"]) == 0
+    report = json.loads((tmp_path / "models" / "tiny-cgan" / "v1" / "eval.json").read_text())
+    assert report["cas"]["samples_per_class"] == 300
+    capsys.readouterr()
+    assert ev.main([*argv, "--cas-per-class", "1"]) == 2
+    assert "cas_per_class must be an integer >= 2 or None (auto), got 1" in capsys.readouterr().err
 
 
 def test_cli_rejects_unknown_models_and_bad_seeds(tmp_path, capsys):

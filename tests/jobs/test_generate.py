@@ -186,6 +186,7 @@ def test_a_dataset_card_says_what_the_evaluated_model_is_worth(tmp_path):
             "value": 6.0,
             "std": 1.5,
             "gain_mixed_pp": {"mean": -0.5, "std": 0.25},
+            "ceiling_pp": {"mean": 3.25, "std": 0.5},
             "protocol": "balanced accuracy",
         },
     }
@@ -194,6 +195,7 @@ def test_a_dataset_card_says_what_the_evaluated_model_is_worth(tmp_path):
     assert ev["gain_over_classical_by_k"] == {"10": "+4.50 ± 1.00 pp", "50": "+2.25 ± 0.50 pp", "200": None}
     assert ev["long_tail_gain"] == "+6.00 ± 1.50 pp" and ev["classifier_test_accuracy"] == 0.91
     assert ev["long_tail_gain_half_real"] == "-0.50 ± 0.25 pp"
+    assert ev["long_tail_ceiling"] == "+3.25 ± 0.50 pp"
     card = render_card({**_card_manifest(), "lineage": lineage(mv)})
     assert "## How much the model's samples help a classifier" in card
     assert "fashion-mnist:/d test, seeds [0, 1, 2]" in card

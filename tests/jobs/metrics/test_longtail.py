@@ -74,6 +74,9 @@ def test_topping_up_with_real_looking_samples_beats_oversampling_and_noise_does_
         assert len(row["rare"]) == 3 and all(k <= 5 for k in row["rare_kept"])
         assert row["topped_up_rare_recall"] > row["oversampled_rare_recall"]
         assert row["mixed_rare_recall"] > row["oversampled_rare_recall"]  # half real, half samples
+        # (d) the whole train split: every rare image real, the ceiling of a top-up
+        assert row["full_real_rare_recall"] > row["oversampled_rare_recall"]
+        assert row["ceiling"] == pytest.approx(row["full_real"] - row["oversampled"])
     # measured: +2.5 / +2.2 pp (digits is easy: oversampling alone keeps 0.94-0.96 balanced accuracy)
     assert good["gain"]["mean"] > 0.01
     assert good["gain_pp"]["mean"] == pytest.approx(100 * good["gain"]["mean"])
@@ -82,6 +85,8 @@ def test_topping_up_with_real_looking_samples_beats_oversampling_and_noise_does_
         good["gain_mixed_pp"]["mean"] == pytest.approx(100 * good["gain_mixed"]["mean"])
         and good["real_share"] == 0.5
     )
+    assert good["ceiling"]["mean"] > 0.01
+    assert good["ceiling_pp"]["mean"] == pytest.approx(100 * good["ceiling"]["mean"])
     bad = long_tail_gain("cvae", train, test, [0], train_fn=noise, **common)
     assert bad["gain"]["mean"] < good["gain"]["mean"]
     # noise hurts less when the rare classes' real images keep half of their share
