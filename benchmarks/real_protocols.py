@@ -2,7 +2,8 @@
 
 Runs ``long_tail_gain`` or the k-images-per-class ``augmentation_gain`` of ``genaug eval`` on a dataset
 spec, with the ``large`` recipe's model config and the protocol's default generator recipe, changed by
-``--set FIELD=VALUE`` (fields of ``jobs.metrics.gain.LowDataRecipe``). One torch thread, seeded: two
+``--set FIELD=VALUE`` (fields of ``jobs.metrics.gain.LowDataRecipe``) and ``--config FIELD=VALUE`` (fields of
+the model config, e.g. the cGAN's ``noise_scale``). One torch thread, seeded: two
 variants can run side by side on two cores. Prints progress and a summary; ``--json`` keeps everything.
 
     python -m benchmarks.real_protocols longtail cgan --set class_balanced=true --set diffaug=true
@@ -23,19 +24,19 @@ import torch
 from jobs.data.spec import load_dataset
 from jobs.metrics.gain import LOW_DATA_RECIPES, LowDataRecipe, augmentation_gain
 from jobs.metrics.longtail import LONG_TAIL_RECIPES, long_tail_gain
+from models.checkpoint import MODEL_TYPES
 from models.recipes import RECIPE_MODELS, default_recipe
 
 FASHION = "fashion-mnist:/usr/share/datasets/fashion-mnist"
 
 
-def recipe_with(base: LowDataRecipe, settings: list[str]) -> LowDataRecipe:
-    """``base`` with ``FIELD=VALUE`` changes (true/false, ints, floats, none); ValueError naming a bad one."""
-    fields = {f.name: f for f in dataclasses.fields(LowDataRecipe)}
+def parse_settings(flag: str, settings: list[str], fields: list[str]) -> dict[str, Any]:
+    """``FIELD=VALUE`` items (true/false, none, ints, floats) as a dict; ValueError naming a bad one."""
     changes: dict[str, Any] = {}
     for item in settings:
         name, sep, text = item.partition("=")
         if not sep or name not in fields:
-            raise ValueError(f"--set {item!r}: valid: FIELD=VALUE with FIELD one of {', '.join(fields)}")
+            raise ValueError(f"{flag} {item!r}: valid: FIELD=VALUE with FIELD one of {', '.join(fields)}")
         lowered = text.lower()
         if lowered in ("true", "false", "none"):
             changes[name] = {"true": True, "false": False, "none": None}[lowered]
@@ -43,14 +44,22 @@ def recipe_with(base: LowDataRecipe, settings: list[str]) -> LowDataRecipe:
             try:
                 changes[name] = float(text) if any(c in text for c in ".e") else int(text)
             except ValueError:
-                raise ValueError(f"--set {item!r}: {text!r} is not a number, true, false or none") from None
-    return dataclasses.replace(base, **changes)
+                raise ValueError(f"{flag} {item!r}: {text!r} is not a number, true, false or none") from None
+    return changes
+
+
+def recipe_with(base: LowDataRecipe, settings: list[str]) -> LowDataRecipe:
+    """``base`` with ``FIELD=VALUE`` changes of ``LowDataRecipe`` fields."""
+    fields = [f.name for f in dataclasses.fields(LowDataRecipe)]
+    return dataclasses.replace(base, **parse_settings("--set", settings, fields))
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(1)
     train, test = load_dataset(args.dataset, "train", None), load_dataset(args.dataset, "test", None)
     model_config = dict(default_recipe(args.model, train.image_size, train.channels).model_config)
+    config_fields = [f.name for f in dataclasses.fields(MODEL_TYPES[args.model][0])]
+    model_config.update(parse_settings("--config", args.config, config_fields))
     base = (LONG_TAIL_RECIPES if args.protocol == "longtail" else LOW_DATA_RECIPES)[args.model]
     recipe = recipe_with(base, args.set)
     started = time.time()
@@ -87,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--k", type=int, default=50, help="gain: real images per class (default 50)")
     p.add_argument("--seeds", type=lambda t: [int(v) for v in t.split(",")], default=[0, 1, 2])
     p.add_argument("--set", action="append", default=[], help="FIELD=VALUE change of the generator recipe")
+    p.add_argument("--config", action="append", default=[], help="FIELD=VALUE change of the model config")
     p.add_argument("--json", default=None, help="write the whole result here")
     args = p.parse_args(argv)
     try:

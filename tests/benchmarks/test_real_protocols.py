@@ -1,4 +1,4 @@
-"""benchmarks/real_protocols.py: recipe changes from the command line."""
+"""benchmarks/real_protocols.py: recipe and model config changes from the command line."""
 
 from __future__ import annotations
 
@@ -28,3 +28,11 @@ def test_a_bad_change_is_named(item, message, capsys):
         recipe_with(LONG_TAIL_RECIPES["cvae"], [item])
     assert main(["longtail", "cvae", "--dataset", "digits", "--set", item]) == 2
     assert message.split("'")[0] in capsys.readouterr().err
+
+
+def test_a_bad_model_config_change_is_named_before_any_training(capsys):
+    assert main(["gain", "cgan", "--dataset", "digits", "--config", "noise_scal=0.7"]) == 2
+    err = capsys.readouterr().err
+    assert "--config 'noise_scal=0.7': valid: FIELD=VALUE with FIELD one of" in err and "noise_scale" in err
+    assert main(["gain", "cgan", "--dataset", "digits", "--config", "noise_scale=high"]) == 2
+    assert "'high' is not a number" in capsys.readouterr().err
