@@ -2,9 +2,10 @@
 
 Runs ``long_tail_gain`` or the k-images-per-class ``augmentation_gain`` of ``genaug eval`` on a dataset
 spec, with the ``large`` recipe's model config and the protocol's default generator recipe, changed by
-``--set FIELD=VALUE`` (fields of ``jobs.metrics.gain.LowDataRecipe``) and ``--config FIELD=VALUE`` (fields of
-the model config, e.g. the cGAN's ``noise_scale``). One torch thread, seeded: two
-variants can run side by side on two cores. Prints progress and a summary; ``--json`` keeps everything.
+``--set FIELD=VALUE`` (fields of ``jobs.metrics.gain.LowDataRecipe``), ``--config FIELD=VALUE`` (fields of
+the model config, e.g. the cGAN's ``noise_scale``) and ``--classifier FIELD=VALUE`` (fields of the
+classifiers' ``ClassifierConfig``, e.g. ``min_steps``). One torch thread, seeded: two variants can run side
+by side on two cores. Prints progress and a summary; ``--json`` keeps everything.
 
     python -m benchmarks.real_protocols longtail cgan --set class_balanced=true --set diffaug=true
     python -m benchmarks.real_protocols gain cgan --k 50 --set diffaug=true --json /tmp/g.json
@@ -22,6 +23,7 @@ from typing import Any
 import torch
 
 from jobs.data.spec import load_dataset
+from jobs.metrics.classifier import GAIN_CLASSIFIER, ClassifierConfig
 from jobs.metrics.gain import LOW_DATA_RECIPES, LowDataRecipe, augmentation_gain
 from jobs.metrics.longtail import LONG_TAIL_RECIPES, long_tail_gain
 from models.checkpoint import MODEL_TYPES
@@ -60,6 +62,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     model_config = dict(default_recipe(args.model, train.image_size, train.channels).model_config)
     config_fields = [f.name for f in dataclasses.fields(MODEL_TYPES[args.model][0])]
     model_config.update(parse_settings("--config", args.config, config_fields))
+    clf_fields = [f.name for f in dataclasses.fields(ClassifierConfig)]
+    classifier = dataclasses.replace(
+        GAIN_CLASSIFIER, **parse_settings("--classifier", args.classifier, clf_fields)
+    )
     base = (LONG_TAIL_RECIPES if args.protocol == "longtail" else LOW_DATA_RECIPES)[args.model]
     recipe = recipe_with(base, args.set)
     started = time.time()
@@ -67,8 +73,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     def log(msg: str) -> None:
         print(f"[{time.time() - started:6.0f}s] {msg}", file=sys.stderr, flush=True)
 
-    log(f"{args.protocol} {args.model} on {args.dataset}: {recipe}")
-    common = dict(model_config=model_config, recipe=recipe, log=log)
+    log(f"{args.protocol} {args.model} on {args.dataset}: {recipe}; {classifier}")
+    common = dict(model_config=model_config, recipe=recipe, classifier_config=classifier, log=log)
     if args.protocol == "longtail":
         out = long_tail_gain(args.model, train, test, args.seeds, **common)
         print(f"top-up {out['gain_pp']['mean']:+.2f} ± {out['gain_pp']['std']:.2f} pp, half real "
@@ -81,7 +87,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         plain, classical = out["gain_pp"], out["gain_classical_pp"]
         print(f"k={args.k}: gain {plain['mean']:+.2f} ± {plain['std']:.2f} pp, over classical "
               f"{classical['mean']:+.2f} ± {classical['std']:.2f} pp")  # fmt: skip
-    out.update(recipe=dataclasses.asdict(recipe), model_config=model_config, wall_s=time.time() - started)
+    out.update(
+        recipe=dataclasses.asdict(recipe),
+        model_config=model_config,
+        classifier_config=dataclasses.asdict(classifier),
+        wall_s=time.time() - started,
+    )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1, default=str)
@@ -97,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=lambda t: [int(v) for v in t.split(",")], default=[0, 1, 2])
     p.add_argument("--set", action="append", default=[], help="FIELD=VALUE change of the generator recipe")
     p.add_argument("--config", action="append", default=[], help="FIELD=VALUE change of the model config")
+    p.add_argument(
+        "--classifier", action="append", default=[], help="FIELD=VALUE change of the classifiers' config"
+    )
     p.add_argument("--json", default=None, help="write the whole result here")
     args = p.parse_args(argv)
     try:
