@@ -60,6 +60,10 @@ class CVAEConfig:
     # ``sample`` draws z = prior(prior_scale * temperature * eps): the prior's spread, as the model's own
     # sampling temperature (the truncation / temperature trick of BigGAN and Glow). 1 = the fitted prior.
     prior_scale: float = 1.0
+    # Label guidance at sampling time (the extrapolation of classifier-free guidance, Ho & Salimans 2022,
+    # with the mean class embedding as the label-free input): D(z, y) + guidance * (D(z, y) - D(z, e_mean)).
+    # 0 = the plain decoder mean. Training and likelihoods (the audit) never use it.
+    guidance: float = 0.0
 
     def __post_init__(self) -> None:
         check_image_config(self.image_size, self.channels, self.arch)
@@ -74,6 +78,7 @@ class CVAEConfig:
         check_float("min_log_sigma", self.min_log_sigma, -20.0, 5.0)
         check_choice("prior", self.prior, PRIORS)
         check_float("prior_scale", self.prior_scale, 0.0, 10.0, open_low=True)
+        check_float("guidance", self.guidance, 0.0, 10.0)
 
     @property
     def resolved_arch(self) -> str:
@@ -186,15 +191,31 @@ class CVAE(ConditionalSampler):
 
     def decode_logits(self, z: Tensor, labels: Tensor) -> Tensor:
         """Raw decoder output (B, C, H, W): the Gaussian mean, or Bernoulli logits."""
+        return self._decode_embedded(z, self.embed(labels))
+
+    def _decode_embedded(self, z: Tensor, embedding: Tensor) -> Tensor:
+        """Raw decoder output (B, C, H, W) for z (B, D) and class embeddings (B, E)."""
         cfg = self.config
-        out = self.decoder(torch.cat([z, self.embed(labels)], dim=1))
+        out = self.decoder(torch.cat([z, embedding], dim=1))
         return out.view(-1, cfg.channels, cfg.image_size, cfg.image_size)  # (B, C, H, W)
+
+    def _mean(self, out: Tensor) -> Tensor:
+        """Raw decoder output -> the decoder mean in [-1, 1]."""
+        mean = out if self.config.likelihood == "gaussian" else torch.tanh(out / 2)  # 2*sigmoid-1
+        return mean.clamp(-1.0, 1.0)
 
     def decode(self, z: Tensor, labels: Tensor) -> Tensor:
         """Decoder mean in [-1, 1], shape (B, C, H, W)."""
-        out = self.decode_logits(z, labels)
-        mean = out if self.config.likelihood == "gaussian" else torch.tanh(out / 2)  # 2*sigmoid-1
-        return mean.clamp(-1.0, 1.0)
+        return self._mean(self.decode_logits(z, labels))
+
+    def guided_decode(self, z: Tensor, labels: Tensor, guidance: float) -> Tensor:
+        """``decode`` pushed away from the label-free decode (config ``guidance``): raw outputs
+        D(z, y) + w (D(z, y) - D(z, e_mean)), e_mean the mean class embedding; w = 0 is ``decode``."""
+        out = self.decode_logits(z, labels)  # (B, C, H, W)
+        if guidance:
+            e_mean = self.embed.weight.mean(0).expand(len(z), -1)  # (B, E)
+            out = out + guidance * (out - self._decode_embedded(z, e_mean))
+        return self._mean(out)
 
     def sigma(self) -> Tensor:
         """The Gaussian likelihood's scale (a scalar tensor), floored at exp(min_log_sigma)."""
@@ -269,5 +290,6 @@ class CVAE(ConditionalSampler):
         return self.prior_mean[labels] + torch.einsum("bij,bj->bi", self.prior_scale_tril[labels], eps)
 
     def images_from_noise(self, z: Tensor, labels: Tensor) -> Tensor:
-        """The decoder mean at ``prior_latent(z)`` (the configured prior; identity for "standard")."""
-        return self.decode(self.prior_latent(z, labels), labels)
+        """The decoder mean at ``prior_latent(z)`` (the configured prior; identity for "standard"), with
+        the configured label ``guidance``."""
+        return self.guided_decode(self.prior_latent(z, labels), labels, self.config.guidance)

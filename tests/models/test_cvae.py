@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import pytest
@@ -242,3 +243,30 @@ def test_class_gaussian_prior_survives_a_checkpoint_and_old_configs_load(tmp_pat
     again = load_checkpoint(tmp_path / "old").model
     assert again.config.prior == "standard"
     assert torch.equal(again.sample(labels, generator=g()), old.sample(labels, generator=g()))
+
+
+@pytest.mark.parametrize(("size", "arch", "likelihood"), [(8, "mlp", "gaussian"), (28, "conv", "bernoulli")])
+def test_label_guidance_extrapolates_from_the_label_free_decode_and_only_when_sampling(
+    size, arch, likelihood
+):
+    plain = tiny(size, arch=arch, likelihood=likelihood)
+    guided = CVAE(dataclasses.replace(plain.config, guidance=1.5))
+    guided.load_state_dict(plain.state_dict())
+    plain.eval(), guided.eval()
+    eps = torch.randn(5, 4, generator=torch.Generator().manual_seed(1))
+    labels = torch.tensor([0, 3, 3, 7, 9])
+    # by hand: raw outputs D(z, y) + w (D(z, y) - D(z, mean embedding)), then the likelihood's mean
+    own = plain.decoder(torch.cat([eps, plain.embed(labels)], 1)).view(5, 1, size, size)
+    free = plain.decoder(torch.cat([eps, plain.embed.weight.mean(0).expand(5, -1)], 1)).view(5, 1, size, size)
+    raw = own + 1.5 * (own - free)
+    want = (raw if likelihood == "gaussian" else torch.tanh(raw / 2)).clamp(-1, 1)
+    with torch.no_grad():
+        assert torch.allclose(guided.sample(labels, noise=eps), want, atol=1e-6)
+        assert torch.equal(plain.sample(labels, noise=eps), plain.decode(eps, labels))  # 0: the plain mean
+        assert not torch.allclose(guided.sample(labels, noise=eps), plain.sample(labels, noise=eps))
+    # training and likelihoods (the audit's scores) ignore it
+    x, y = batch(size, 1, n=4)
+    noise = torch.randn(4, 4, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(guided(x, y, noise=noise).loss, plain(x, y, noise=noise).loss)
+    with pytest.raises(ValueError, match="guidance"):
+        tiny(guidance=-0.5)
