@@ -30,6 +30,9 @@ def test_images_above_16_px_get_the_conv_recipe(size):
         r = default_recipe(kind, size)
         assert r.name == "large" and r.model_config["arch"] == "conv"
     assert default_recipe("cgan", 16).name == "small"
+    # the large cVAE samples with label guidance; digits keep the plain decoder mean they were measured with
+    assert default_recipe("cvae", size).model_config["guidance"] == 1.0
+    assert "guidance" not in default_recipe("cvae", 8).model_config
 
 
 def test_colour_images_above_16_px_get_the_colour_cgan_recipe_and_grey_ones_do_not():
