@@ -308,11 +308,11 @@ def register(home: Path, name: str, kind: str) -> str:
     return Registry(home).register(name, fill).ref
 
 
-@pytest.mark.slow
-def test_cli_evaluates_an_untrained_model_and_writes_the_report(tmp_path, monkeypatch, capsys, digits):
-    train, _ = digits
-    register(tmp_path, "tiny-cgan", "cgan")
-    calls = []
+def cheap_cli_with_replayed_generators(home: Path, monkeypatch, train) -> list[int]:
+    """Register an untrained "tiny-cgan" in ``home``; ``ev.main`` then evaluates with the CHEAP classifier
+    and a generator that replays real ``train`` images. Returns the seeds it is trained for, as they come."""
+    register(home, "tiny-cgan", "cgan")
+    calls: list[int] = []
 
     def replay(images, labels, classes, seed):
         calls.append(seed)
@@ -321,6 +321,12 @@ def test_cli_evaluates_an_untrained_model_and_writes_the_report(tmp_path, monkey
     monkeypatch.setattr(
         ev, "evaluate", functools.partial(ev.evaluate, classifier_config=CHEAP, train_fn=replay)
     )
+    return calls
+
+
+@pytest.mark.slow
+def test_cli_evaluates_an_untrained_model_and_writes_the_report(tmp_path, monkeypatch, capsys, digits):
+    calls = cheap_cli_with_replayed_generators(tmp_path, monkeypatch, digits[0])
     rc = ev.main(["--home", str(tmp_path), "--model", "tiny-cgan", "--fast", "--seeds", "3,4"])
     out = capsys.readouterr().out
     assert rc == 0
@@ -353,17 +359,7 @@ def test_cli_evaluates_an_untrained_model_and_writes_the_report(tmp_path, monkey
 def test_cas_trains_on_as_many_samples_as_the_real_split_and_gain_none_skips_the_gain(
     tmp_path, monkeypatch, capsys, digits
 ):
-    train, _ = digits
-    register(tmp_path, "tiny-cgan", "cgan")
-    calls = []
-
-    def replay(images, labels, classes, seed):
-        calls.append(seed)
-        return ReplayGenerator(train.images, train.labels)
-
-    monkeypatch.setattr(
-        ev, "evaluate", functools.partial(ev.evaluate, classifier_config=CHEAP, train_fn=replay)
-    )
+    calls = cheap_cli_with_replayed_generators(tmp_path, monkeypatch, digits[0])
     argv = ["--home", str(tmp_path), "--model", "tiny-cgan", "--seeds", "0", "--per-class", "20"]
     assert ev.main([*argv, "--gain-k", "none", "--long-tail", "off"]) == 0
     report = json.loads((tmp_path / "models" / "tiny-cgan" / "v1" / "eval.json").read_text())
