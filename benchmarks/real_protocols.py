@@ -32,8 +32,10 @@ from models.recipes import RECIPE_MODELS, default_recipe
 FASHION = "fashion-mnist:/usr/share/datasets/fashion-mnist"
 
 
-def parse_settings(flag: str, settings: list[str], fields: list[str]) -> dict[str, Any]:
-    """``FIELD=VALUE`` items (true/false, none, ints, floats) as a dict; ValueError naming a bad one."""
+def parse_settings(flag: str, settings: list[str], cls: type) -> dict[str, Any]:
+    """``FIELD=VALUE`` items for fields of the dataclass ``cls`` (true/false, none, ints, floats) as a dict;
+    ValueError naming a bad one."""
+    fields = [f.name for f in dataclasses.fields(cls)]
     changes: dict[str, Any] = {}
     for item in settings:
         name, sep, text = item.partition("=")
@@ -52,19 +54,16 @@ def parse_settings(flag: str, settings: list[str], fields: list[str]) -> dict[st
 
 def recipe_with(base: LowDataRecipe, settings: list[str]) -> LowDataRecipe:
     """``base`` with ``FIELD=VALUE`` changes of ``LowDataRecipe`` fields."""
-    fields = [f.name for f in dataclasses.fields(LowDataRecipe)]
-    return dataclasses.replace(base, **parse_settings("--set", settings, fields))
+    return dataclasses.replace(base, **parse_settings("--set", settings, LowDataRecipe))
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(1)
     train, test = load_dataset(args.dataset, "train", None), load_dataset(args.dataset, "test", None)
     model_config = dict(default_recipe(args.model, train.image_size, train.channels).model_config)
-    config_fields = [f.name for f in dataclasses.fields(MODEL_TYPES[args.model][0])]
-    model_config.update(parse_settings("--config", args.config, config_fields))
-    clf_fields = [f.name for f in dataclasses.fields(ClassifierConfig)]
+    model_config.update(parse_settings("--config", args.config, MODEL_TYPES[args.model][0]))
     classifier = dataclasses.replace(
-        GAIN_CLASSIFIER, **parse_settings("--classifier", args.classifier, clf_fields)
+        GAIN_CLASSIFIER, **parse_settings("--classifier", args.classifier, ClassifierConfig)
     )
     base = (LONG_TAIL_RECIPES if args.protocol == "longtail" else LOW_DATA_RECIPES)[args.model]
     recipe = recipe_with(base, args.set)

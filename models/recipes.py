@@ -133,5 +133,4 @@ def default_recipe(model_type: str, image_size: int, channels: int = 1) -> Recip
     check_int("channels", channels, 1)
     if image_size <= SMALL_MAX_SIDE:
         return RECIPES[(model_type, "small")]
-    large = RECIPES[(model_type, "large")]
-    return RECIPES[(model_type, "colour")] if channels == 3 else large
+    return RECIPES[(model_type, "colour" if channels == 3 else "large")]
