@@ -9,7 +9,8 @@ model was trained with (``models/cvae.py``):
   ``likelihood="bernoulli"``: the decoder's logits against the targets (x + 1) / 2 (the binary
   cross-entropy the model minimises). Either way, in nats per image, summed over pixels.
 - p(z | c): ``prior="standard"``: N(0, I) (the prior of the training KL); ``prior="class_gaussian"``: the
-  per-class Gaussian ``fit_prior`` fitted to the training images' codes, at its fitted spread
+  per-class Gaussian ``fit_prior`` fitted to the training images' codes (``"class_mixture"``: the per-class
+  Gaussian mixture), at its fitted spread
   (``prior_scale`` is a sampling temperature, not part of the density).
 - q(z | x, c): the encoder's diagonal Gaussian, used as the importance proposal.
 
@@ -113,10 +114,11 @@ def log_prior(model: CVAE, z: Tensor, cls: int) -> Tensor:
     """log p(z | c) (N,) for codes ``z`` (N, D) under the model's prior (at its fitted spread)."""
     if model.config.prior == "standard":
         return -(0.5 * z.pow(2) + _HALF_LOG_2PI).sum(1)
-    tril = model.prior_scale_tril[cls]  # (D, D) lower-triangular Cholesky factor
-    white = torch.linalg.solve_triangular(tril, (z - model.prior_mean[cls]).T, upper=False)  # (D, N)
-    log_det = tril.diagonal().log().sum()
-    return -0.5 * white.pow(2).sum(0) - log_det - z.shape[1] * _HALF_LOG_2PI
+    weights, means, trils = (t[cls] for t in model.prior_mixture())  # (M,), (M, D), (M, D, D)
+    white = torch.linalg.solve_triangular(trils, (z[None] - means[:, None]).transpose(1, 2), upper=False)
+    log_det = trils.diagonal(dim1=-2, dim2=-1).log().sum(-1)  # (M,)
+    log_comp = -0.5 * white.pow(2).sum(1) - log_det[:, None] - z.shape[1] * _HALF_LOG_2PI  # (M, N)
+    return torch.logsumexp(log_comp + weights.log()[:, None], 0)  # empty components: weight 0, log -inf
 
 
 def log_likelihood(model: CVAE, x: Tensor, out: Tensor) -> Tensor:

@@ -33,7 +33,8 @@ from models.blocks import (
 )
 
 LIKELIHOODS = ("gaussian", "bernoulli")
-PRIORS = ("standard", "class_gaussian")
+PRIORS = ("standard", "class_gaussian", "class_mixture")
+MIN_IMAGES_PER_COMPONENT = 20  # "class_mixture": a class of n images gets at most n // 20 components
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
@@ -55,8 +56,11 @@ class CVAEConfig:
     min_log_sigma: float = -3.0  # floor of the learned Gaussian log-scale (sigma >= 0.05): no NLL blow-up
     # Where ``sample`` draws z: "standard" N(0, I), or "class_gaussian": per class, the Gaussian fitted to
     # the aggregate posterior of the training images (``fit_prior``; ex-post density estimation, Ghosh
-    # et al. 2020), which avoids decoding from regions of N(0, I) that no training image maps to.
+    # et al. 2020), which avoids decoding from regions of N(0, I) that no training image maps to; or
+    # "class_mixture": per class, a full-covariance Gaussian mixture fitted the same way by EM, for classes
+    # whose codes form several clusters (one Gaussian over them samples the blurry space between).
     prior: str = "standard"
+    prior_components: int = 20  # "class_mixture": components per class (fewer for classes of few images)
     # ``sample`` draws z = prior(prior_scale * temperature * eps): the prior's spread, as the model's own
     # sampling temperature (the truncation / temperature trick of BigGAN and Glow). 1 = the fitted prior.
     prior_scale: float = 1.0
@@ -77,6 +81,7 @@ class CVAEConfig:
         check_choice("likelihood", self.likelihood, LIKELIHOODS)
         check_float("min_log_sigma", self.min_log_sigma, -20.0, 5.0)
         check_choice("prior", self.prior, PRIORS)
+        check_int("prior_components", self.prior_components, 1)
         check_float("prior_scale", self.prior_scale, 0.0, 10.0, open_low=True)
         check_float("guidance", self.guidance, 0.0, 10.0)
 
@@ -177,11 +182,32 @@ class CVAE(ConditionalSampler):
             eye = torch.eye(cfg.latent_dim).expand(cfg.num_classes, -1, -1).clone()
             self.register_buffer("prior_mean", torch.zeros(cfg.num_classes, cfg.latent_dim))
             self.register_buffer("prior_scale_tril", eye)  # (K, D, D) lower-triangular
+        elif cfg.prior == "class_mixture":  # N(0, I) per class (one component of weight 1) until fit_prior
+            k, m, d = cfg.num_classes, cfg.prior_components, cfg.latent_dim
+            self.register_buffer("prior_weights", F.one_hot(torch.zeros(k, dtype=torch.long), m).float())
+            self.register_buffer("prior_means", torch.zeros(k, m, d))
+            self.register_buffer(
+                "prior_scale_trils", torch.eye(d).expand(k, m, -1, -1).clone()
+            )  # (K, M, D, D)
 
     @property
     def noise_dim(self) -> int:
-        """Size of the latent noise ``sample`` draws per image."""
-        return self.config.latent_dim
+        """Size of the noise ``sample`` draws per image: z's, plus for "class_mixture" two dimensions whose
+        angle picks the component (an angle does not change with the temperature)."""
+        return self.config.latent_dim + (2 if self.config.prior == "class_mixture" else 0)
+
+    def prior_mixture(self) -> tuple[Tensor, Tensor, Tensor]:
+        """The fitted class prior as a mixture: weights (K, M), means (K, M, D) and Cholesky factors
+        (K, M, D, D); "class_gaussian" is a mixture of one component."""
+        if self.config.prior == "class_mixture":
+            return self.prior_weights, self.prior_means, self.prior_scale_trils
+        if self.config.prior == "class_gaussian":
+            return (
+                self.prior_mean.new_ones(len(self.prior_mean), 1),
+                self.prior_mean[:, None],
+                self.prior_scale_tril[:, None],
+            )
+        raise ValueError(f"prior_mixture needs a fitted prior ({PRIORS[1:]}), not {self.config.prior!r}")
 
     def encode(self, x: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         """q(z | x, y): mean and log-variance, each (B, latent_dim)."""
@@ -247,18 +273,21 @@ class CVAE(ConditionalSampler):
 
     @torch.no_grad()
     def fit_prior(self, images: Tensor, labels: Tensor, batch: int = 1024) -> None:
-        """Fit the "class_gaussian" prior to the aggregate posterior of ``images`` (N, C, H, W).
+        """Fit the class prior to the aggregate posterior of ``images`` (N, C, H, W); class c has n_c images.
 
-        Per class c with n_c images: mean = mean of the posterior means; covariance = covariance of the
-        posterior means + mean posterior variance (the moments of the mixture of the q(z|x, c)), shrunk
-        towards I by D / (n_c + D) so that few images (D = latent_dim) still give a proper Gaussian.
+        "class_gaussian": mean = mean of the posterior means; covariance = covariance of the posterior
+        means + mean posterior variance (the moments of the mixture of the q(z|x, c)), shrunk towards I by
+        D / (n_c + D) so that few images (D = latent_dim) still give a proper Gaussian.
+        "class_mixture": ``_fit_mixture`` of min(prior_components, n_c // MIN_IMAGES_PER_COMPONENT)
+        components (at least one) to the posterior means, each covariance + the class's mean posterior
+        variance.
         Classes without images keep N(0, I). Deterministic for given weights and data.
         """
-        if self.config.prior != "class_gaussian":
-            raise ValueError(f"fit_prior needs prior='class_gaussian', not {self.config.prior!r}")
+        if self.config.prior not in PRIORS[1:]:
+            raise ValueError(f"fit_prior needs prior in {PRIORS[1:]}, not {self.config.prior!r}")
         was_training = self.training
         self.eval()
-        device = self.prior_mean.device
+        device = next(iter(self.buffers())).device
         mus, variances = [], []
         for i in range(0, len(images), batch):
             mu, logvar = self.encode(images[i : i + batch].to(device), labels[i : i + batch].to(device))
@@ -273,6 +302,14 @@ class CVAE(ConditionalSampler):
             n = int(sel.sum())
             if n == 0:
                 continue
+            if self.config.prior == "class_mixture":
+                m = max(1, min(self.config.prior_components, n // MIN_IMAGES_PER_COMPONENT))
+                weights, means, trils = _fit_mixture(mu[sel], m, torch.diag(var[sel].mean(0)) + 1e-4 * eye)
+                self.prior_weights[c] = 0.0
+                self.prior_weights[c, :m] = weights.float()
+                self.prior_means[c, :m] = means.float()
+                self.prior_scale_trils[c, :m] = trils.float()
+                continue
             m = mu[sel].mean(0)
             centred = mu[sel] - m
             cov = centred.T @ centred / max(n - 1, 1) + torch.diag(var[sel].mean(0))
@@ -283,13 +320,71 @@ class CVAE(ConditionalSampler):
         self.train(was_training)
 
     def prior_latent(self, eps: Tensor, labels: Tensor) -> Tensor:
-        """z (B, D) for standard-normal ``eps`` (B, D) under the configured prior and ``prior_scale``."""
-        eps = eps * self.config.prior_scale
-        if self.config.prior == "standard":
-            return eps
-        return self.prior_mean[labels] + torch.einsum("bij,bj->bi", self.prior_scale_tril[labels], eps)
+        """z (B, D) for standard-normal ``eps`` (B, noise_dim) under the configured prior and ``prior_scale``.
+
+        "class_mixture": the angle of the last two dimensions, uniform on the circle, picks the component
+        by the class's cumulative weights; the first D are the component's standard-normal draw."""
+        cfg = self.config
+        if cfg.prior == "standard":
+            return eps * cfg.prior_scale
+        weights, means, trils = self.prior_mixture()
+        weights, means, trils = (
+            weights[labels],
+            means[labels],
+            trils[labels],
+        )  # (B, M), (B, M, D), (B, M, D, D)
+        comp = torch.zeros_like(labels)
+        if cfg.prior == "class_mixture":
+            u = (torch.atan2(eps[:, -2], eps[:, -1]) + math.pi) / (2 * math.pi)  # (B,) uniform in [0, 1]
+            cum = weights.cumsum(1)  # (B, M)
+            comp = (
+                torch.searchsorted(cum, (u * cum[:, -1]).unsqueeze(1)).squeeze(1).clamp(max=cum.shape[1] - 1)
+            )
+            eps = eps[:, : cfg.latent_dim]
+        rows = torch.arange(len(labels), device=labels.device)
+        mean, tril = means[rows, comp], trils[rows, comp]  # (B, D), (B, D, D)
+        return mean + torch.einsum("bij,bj->bi", tril, eps * cfg.prior_scale)
 
     def images_from_noise(self, z: Tensor, labels: Tensor) -> Tensor:
         """The decoder mean at ``prior_latent(z)`` (the configured prior; identity for "standard"), with
         the configured label ``guidance``."""
         return self.guided_decode(self.prior_latent(z, labels), labels, self.config.guidance)
+
+
+def _fit_mixture(
+    x: Tensor, m: int, extra_cov: Tensor, iters: int = 60, tol: float = 1e-5
+) -> tuple[Tensor, ...]:
+    """A full-covariance Gaussian mixture of ``m`` components fitted to ``x`` (n, D) by EM: weights (m,),
+    means (m, D) and Cholesky factors (m, D, D) of the covariances, each + ``extra_cov`` (D, D).
+
+    Deterministic: k-means++ seeding from a CPU generator seeded 0, then EM until the mean log-likelihood
+    gains less than ``tol`` nats or ``iters`` steps.
+    """
+    n = len(x)
+    gen = torch.Generator().manual_seed(0)
+    picks = [int(torch.randint(n, (1,), generator=gen))]
+    d2 = (x - x[picks[0]]).pow(2).sum(1)  # (n,) squared distance to the nearest centre so far
+    for _ in range(m - 1):
+        picks.append(int(torch.multinomial(d2.cpu().float() + 1e-12, 1, generator=gen)))
+        d2 = torch.minimum(d2, (x - x[picks[-1]]).pow(2).sum(1))
+    centres = x[picks]  # (m, D)
+    resp = F.one_hot(torch.cdist(x, centres).argmin(1), m).double()  # (n, m) hard first assignment
+    last = -math.inf
+    for _ in range(iters):
+        nk = resp.sum(0) + 1e-9  # (m,)  M step
+        weights = nk / nk.sum()
+        means = resp.T @ x / nk[:, None]  # (m, D)
+        diff = x[None] - means[:, None]  # (m, n, D)
+        cov = torch.einsum("nm,mni,mnj->mij", resp, diff, diff) / nk[:, None, None] + extra_cov
+        trils = torch.linalg.cholesky(cov)  # (m, D, D)
+        white = torch.linalg.solve_triangular(trils, diff.transpose(1, 2), upper=False)  # (m, D, n)  E step
+        log_det = trils.diagonal(dim1=-2, dim2=-1).log().sum(-1)  # (m,)
+        log_p = (
+            -0.5 * white.pow(2).sum(1) - log_det[:, None] + weights.log()[:, None]
+        )  # (m, n), up to a const
+        resp = torch.softmax(log_p, 0).T
+        ll = torch.logsumexp(log_p, 0).mean().item()
+        if ll - last < tol:
+            break
+        last = ll
+    return weights, means, trils

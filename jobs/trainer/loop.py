@@ -154,7 +154,8 @@ def train_loop_per_worker(config: dict) -> dict:
             start_epoch, history, starts = state["epoch"] + 1, state["history"], state["starts"]
     starts.append(start_epoch)  # where each (re)start of this run began; > 1 entry means it resumed
 
-    noise_dim = model.noise_dim
+    # the cVAE's noise is its reparameterisation epsilon (a mixture prior's sampling noise is wider)
+    noise_dim = model.config.latent_dim if s.model == "cvae" else model.noise_dim
     plan = EpochPlan(s.epochs, config.get("deadline"), device)
     epoch = start_epoch
     while epoch < plan.epochs:

@@ -29,6 +29,7 @@ VARIANTS = [
     dict(arch="mlp", likelihood="bernoulli", prior="class_gaussian"),
     dict(arch="conv", likelihood="gaussian", prior="class_gaussian"),
     dict(arch="conv", likelihood="bernoulli", prior="standard"),
+    dict(arch="conv", likelihood="gaussian", prior="class_mixture"),
 ]
 
 
@@ -45,8 +46,8 @@ def images(n: int, seed: int = 0) -> torch.Tensor:
 
 
 def fitted(model: CVAE) -> CVAE:
-    """Fit a class_gaussian prior to random images so that it differs from N(0, I)."""
-    if model.config.prior == "class_gaussian":
+    """Fit the class prior to random images so that it differs from N(0, I)."""
+    if model.config.prior != "standard":
         model.fit_prior(images(60, seed=5), torch.arange(60) % model.config.num_classes)
     return model
 
@@ -99,6 +100,21 @@ def test_class_gaussian_log_prior_is_the_fitted_gaussian_density():
     mvn = torch.distributions.MultivariateNormal(model.prior_mean[2], scale_tril=model.prior_scale_tril[2])
     torch.testing.assert_close(log_prior(model, z, 2), mvn.log_prob(z), rtol=1e-5, atol=1e-4)
     assert not torch.allclose(log_prior(model, z, 2), unfitted)
+
+
+def test_class_mixture_log_prior_is_the_weighted_mixture_density():
+    model = tiny(prior="class_mixture", prior_components=2)
+    model.fit_prior(images(90, seed=5), torch.arange(90) % 2)  # 45 images per class: 2 components
+    z = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
+    w, means, trils = model.prior_weights[1], model.prior_means[1], model.prior_scale_trils[1]
+    assert (w > 0).all()
+    dens = sum(
+        w[m] * torch.distributions.MultivariateNormal(means[m], scale_tril=trils[m]).log_prob(z).exp()
+        for m in range(2)
+    )
+    torch.testing.assert_close(log_prior(model, z, 1), dens.log(), rtol=1e-5, atol=1e-4)
+    standard = log_prior(tiny(prior="standard"), z, 2)  # class 2 has no images: one N(0, I) component
+    torch.testing.assert_close(log_prior(model, z, 2), standard)
 
 
 def test_posterior_sums_to_one_and_the_label_scores_follow_from_it():

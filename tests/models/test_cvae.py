@@ -214,7 +214,7 @@ def test_prior_scale_scales_the_noise_and_is_checked():
             tiny(prior_scale=bad)
     with pytest.raises(ValueError, match="prior='gaussian'"):
         tiny(prior="gaussian")
-    with pytest.raises(ValueError, match="fit_prior needs prior='class_gaussian'"):
+    with pytest.raises(ValueError, match="fit_prior needs prior in .*'class_mixture'.*not 'standard'"):
         plain.fit_prior(torch.zeros(2, 1, 8, 8), torch.tensor([0, 1]))
 
 
@@ -243,6 +243,81 @@ def test_class_gaussian_prior_survives_a_checkpoint_and_old_configs_load(tmp_pat
     again = load_checkpoint(tmp_path / "old").model
     assert again.config.prior == "standard"
     assert torch.equal(again.sample(labels, generator=g()), old.sample(labels, generator=g()))
+
+
+# ----------------------------------------------------------------------------- the class-mixture prior
+
+
+def test_fit_mixture_recovers_separated_clusters_deterministically():
+    from models.cvae import _fit_mixture
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(300, 2, generator=g, dtype=torch.float64) * 0.5 + torch.tensor(
+        [-4.0, 0.0], dtype=torch.float64
+    )
+    b = torch.randn(900, 2, generator=g, dtype=torch.float64) * torch.tensor([1.0, 0.2], dtype=torch.float64)
+    b = b + torch.tensor([4.0, 1.0], dtype=torch.float64)
+    extra = 0.01 * torch.eye(2, dtype=torch.float64)
+    weights, means, trils = _fit_mixture(torch.cat([a, b]), 2, extra)
+    order = means[:, 0].argsort()  # component on the left first
+    weights, means, covs = weights[order], means[order], (trils @ trils.transpose(1, 2))[order]
+    torch.testing.assert_close(weights, torch.tensor([0.25, 0.75], dtype=torch.float64), atol=1e-3, rtol=0)
+    torch.testing.assert_close(
+        means, torch.tensor([[-4.0, 0.0], [4.0, 1.0]], dtype=torch.float64), atol=0.1, rtol=0
+    )
+    want = torch.stack(
+        [torch.diag(torch.tensor(v, dtype=torch.float64)) for v in ([0.25, 0.25], [1.0, 0.04])]
+    )
+    torch.testing.assert_close(covs, want + extra, atol=0.1, rtol=0.15)
+    again = _fit_mixture(torch.cat([a, b]), 2, extra)
+    assert torch.equal(again[1][order], means)
+
+
+def test_class_mixture_prior_fits_components_by_class_size_and_samples_by_weight():
+    model = tiny(prior="class_mixture", prior_components=3).eval()
+    assert model.noise_dim == 4 + 2  # z, and two dimensions whose angle picks the component
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(130, 1, 8, 8, generator=g) * 2 - 1
+    y = torch.cat([torch.zeros(100), torch.ones(30)]).long()  # 100 images: 3 components; 30: 1 (30 // 20)
+    model.fit_prior(x, y)
+    assert (model.prior_weights[0] > 0).all() and model.prior_weights[0].sum().item() == pytest.approx(1.0)
+    assert model.prior_weights[1].tolist() == [1.0, 0.0, 0.0]
+    mu, logvar = model.encode(x[y == 1], y[y == 1])
+    cov = torch.cov(mu.T.double()) * 29 / 30 + torch.diag(logvar.double().exp().mean(0)) + 1e-4 * torch.eye(4)
+    one = model.prior_scale_trils[1, 0].double()
+    torch.testing.assert_close(model.prior_means[1, 0], mu.mean(0), atol=1e-5, rtol=0)
+    torch.testing.assert_close(one @ one.T, cov, atol=1e-5, rtol=1e-4)
+    assert model.prior_weights[5].tolist() == [1.0, 0.0, 0.0]  # no images: N(0, I)
+    assert torch.equal(model.prior_scale_trils[5, 0], torch.eye(4)) and not model.prior_means[5].any()
+    # sampling: component frequencies follow the weights; the temperature scales within a component only
+    with torch.no_grad():
+        model.prior_weights[0] = torch.tensor([0.2, 0.3, 0.5])
+        model.prior_means[0] = torch.tensor([0.0, 10.0, 20.0])[:, None] * torch.tensor([1.0, 0, 0, 0])
+    n = 6000
+    eps = torch.randn(n, 6, generator=g)
+    labels = torch.zeros(n, dtype=torch.long)
+    comp = (model.prior_latent(eps, labels)[:, 0] / 10).round().long().clamp(0, 2)
+    freq = torch.bincount(comp, minlength=3).float() / n
+    torch.testing.assert_close(freq, model.prior_weights[0], atol=0.02, rtol=0)
+    tril = model.prior_scale_trils[0][comp]  # (n, D, D)
+    want = model.prior_means[0][comp] + torch.einsum("bij,bj->bi", tril, 0.5 * eps[:, :4])
+    torch.testing.assert_close(model.prior_latent(0.5 * eps, labels), want, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="prior_components"):
+        tiny(prior="class_mixture", prior_components=0)
+
+
+def test_class_mixture_prior_survives_a_checkpoint(tmp_path):
+    from models.checkpoint import load_checkpoint, save_checkpoint
+
+    model = tiny(prior="class_mixture", prior_components=2).eval()
+    x, y = batch(8, 1, n=80)
+    model.fit_prior(x, y % 2)
+    save_checkpoint(model, tmp_path / "ck", classes=[str(i) for i in range(10)], data={})
+    loaded = load_checkpoint(tmp_path / "ck").model
+    assert torch.equal(loaded.prior_weights, model.prior_weights)
+    labels = torch.tensor([0, 1, 5])
+    g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    assert torch.equal(loaded.sample(labels, generator=g()), model.sample(labels, generator=g()))
 
 
 @pytest.mark.parametrize(("size", "arch", "likelihood"), [(8, "mlp", "gaussian"), (28, "conv", "bernoulli")])
