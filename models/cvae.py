@@ -304,7 +304,8 @@ class CVAE(ConditionalSampler):
                 continue
             if self.config.prior == "class_mixture":
                 m = max(1, min(self.config.prior_components, n // MIN_IMAGES_PER_COMPONENT))
-                weights, means, trils = _fit_mixture(mu[sel], m, torch.diag(var[sel].mean(0)) + 1e-4 * eye)
+                extra = torch.diag(var[sel].mean(0)) + 1e-4 * eye
+                weights, means, trils = _fit_mixture(mu[sel].float(), m, extra.float())
                 self.prior_weights[c] = 0.0
                 self.prior_weights[c, :m] = weights.float()
                 self.prior_means[c, :m] = means.float()
@@ -368,7 +369,7 @@ def _fit_mixture(
         picks.append(int(torch.multinomial(d2.cpu().float() + 1e-12, 1, generator=gen)))
         d2 = torch.minimum(d2, (x - x[picks[-1]]).pow(2).sum(1))
     centres = x[picks]  # (m, D)
-    resp = F.one_hot(torch.cdist(x, centres).argmin(1), m).double()  # (n, m) hard first assignment
+    resp = F.one_hot(torch.cdist(x, centres).argmin(1), m).to(x.dtype)  # (n, m) hard first assignment
     last = -math.inf
     for _ in range(iters):
         nk = resp.sum(0) + 1e-9  # (m,)  M step

@@ -23,8 +23,10 @@ def weights(home: Path, ref: str) -> dict[str, torch.Tensor]:
     return load_checkpoint(Registry(home).resolve(ref).path).model.state_dict()
 
 
-def test_two_workers_average_gradients_like_one_big_batch(ray_local, home):
-    """W=2 with batch B/2 each ends where W=1 with batch B ends: DDP averages the gradients."""
+@pytest.mark.parametrize("prior", ["standard", "class_mixture"])
+def test_two_workers_average_gradients_like_one_big_batch(ray_local, home, prior):
+    """W=2 with batch B/2 each ends where W=1 with batch B ends: DDP averages the gradients (and a fitted
+    prior, fitted on every rank, ends the same too)."""
     common = dict(
         model="cvae",
         dataset="digits",
@@ -33,7 +35,7 @@ def test_two_workers_average_gradients_like_one_big_batch(ray_local, home):
         lr=1e-2,
         shuffle=False,
         limit_batches=3,
-        model_config=SMALL,
+        model_config={**SMALL, "prior": prior, "prior_components": 3},
         checkpoint_every=2,
     )
     train(TrainSettings(name="one", workers=1, **common), home, quiet=True)

@@ -33,11 +33,14 @@ def test_images_above_16_px_get_the_conv_recipe(size):
     # the large cVAE samples with label guidance; digits keep the plain decoder mean they were measured with
     assert default_recipe("cvae", size).model_config["guidance"] == 1.0
     assert "guidance" not in default_recipe("cvae", 8).model_config
-    # colour images sample the plain mean (shapes:32: guidance cost label fidelity and FID)
-    colour = default_recipe("cvae", size, channels=3)
-    assert colour.name == "colour" and colour.model_config["guidance"] == 0.0
-    assert {k: v for k, v in colour.model_config.items() if k != "guidance"} == {
-        k: v for k, v in default_recipe("cvae", size).model_config.items() if k != "guidance"
+    # a per-class mixture prior; colour images: more components, milder guidance (shapes:32)
+    grey, colour = default_recipe("cvae", size), default_recipe("cvae", size, channels=3)
+    assert grey.model_config["prior"] == "class_mixture" and grey.model_config["prior_components"] == 20
+    assert colour.name == "colour" and colour.model_config["guidance"] == 0.5
+    assert colour.model_config["prior_components"] == 50
+    changed = ("guidance", "prior_components")
+    assert {k: v for k, v in colour.model_config.items() if k not in changed} == {
+        k: v for k, v in grey.model_config.items() if k not in changed
     }
 
 
@@ -48,7 +51,7 @@ def test_colour_images_above_16_px_get_the_colour_cgan_recipe_and_grey_ones_do_n
         k: v for k, v in default_recipe("cgan", 32).model_config.items() if k != "noise_scale"
     }  # otherwise the large recipe's networks
     assert "mode_seeking" not in default_recipe("cgan", 28, channels=1).model_config  # grey: large
-    assert default_recipe("cvae", 32, channels=3).name == "colour"  # the cVAE: without label guidance
+    assert default_recipe("cvae", 32, channels=3).name == "colour"  # the cVAE: its own, too
     assert default_recipe("cgan", 16, channels=3).name == "small"
     with pytest.raises(ValueError, match="channels"):
         default_recipe("cgan", 32, channels=0)
