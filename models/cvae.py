@@ -328,22 +328,14 @@ class CVAE(ConditionalSampler):
         cfg = self.config
         if cfg.prior == "standard":
             return eps * cfg.prior_scale
-        weights, means, trils = self.prior_mixture()
-        weights, means, trils = (
-            weights[labels],
-            means[labels],
-            trils[labels],
-        )  # (B, M), (B, M, D), (B, M, D, D)
+        weights, means, trils = self.prior_mixture()  # (K, M), (K, M, D), (K, M, D, D)
         comp = torch.zeros_like(labels)
         if cfg.prior == "class_mixture":
             u = (torch.atan2(eps[:, -2], eps[:, -1]) + math.pi) / (2 * math.pi)  # (B,) uniform in [0, 1]
-            cum = weights.cumsum(1)  # (B, M)
-            comp = (
-                torch.searchsorted(cum, (u * cum[:, -1]).unsqueeze(1)).squeeze(1).clamp(max=cum.shape[1] - 1)
-            )
+            cum = weights[labels].cumsum(1)  # (B, M)
+            comp = torch.searchsorted(cum, (u * cum[:, -1])[:, None]).squeeze(1).clamp(max=cum.shape[1] - 1)
             eps = eps[:, : cfg.latent_dim]
-        rows = torch.arange(len(labels), device=labels.device)
-        mean, tril = means[rows, comp], trils[rows, comp]  # (B, D), (B, D, D)
+        mean, tril = means[labels, comp], trils[labels, comp]  # (B, D), (B, D, D)
         return mean + torch.einsum("bij,bj->bi", tril, eps * cfg.prior_scale)
 
     def images_from_noise(self, z: Tensor, labels: Tensor) -> Tensor:
