@@ -33,16 +33,19 @@ FASHION = "fashion-mnist:/usr/share/datasets/fashion-mnist"
 
 
 def parse_settings(flag: str, settings: list[str], cls: type) -> dict[str, Any]:
-    """``FIELD=VALUE`` items for fields of the dataclass ``cls`` (true/false, none, ints, floats) as a dict;
-    ValueError naming a bad one."""
-    fields = [f.name for f in dataclasses.fields(cls)]
+    """``FIELD=VALUE`` items for fields of the dataclass ``cls`` (true/false, none, ints, floats; the text
+    itself for a string field) as a dict; ValueError naming a bad one."""
+    types = {f.name: f.type for f in dataclasses.fields(cls)}
+    fields = list(types)
     changes: dict[str, Any] = {}
     for item in settings:
         name, sep, text = item.partition("=")
         if not sep or name not in fields:
             raise ValueError(f"{flag} {item!r}: valid: FIELD=VALUE with FIELD one of {', '.join(fields)}")
         lowered = text.lower()
-        if lowered in ("true", "false", "none"):
+        if types[name] in (str, "str"):
+            changes[name] = text
+        elif lowered in ("true", "false", "none"):
             changes[name] = {"true": True, "false": False, "none": None}[lowered]
         else:
             try:

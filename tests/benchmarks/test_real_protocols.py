@@ -36,3 +36,11 @@ def test_a_bad_model_config_change_is_named_before_any_training(capsys):
     assert "--config 'noise_scal=0.7': valid: FIELD=VALUE with FIELD one of" in err and "noise_scale" in err
     assert main(["gain", "cgan", "--dataset", "digits", "--config", "noise_scale=high"]) == 2
     assert "'high' is not a number" in capsys.readouterr().err
+
+
+def test_a_string_field_takes_the_text():
+    from benchmarks.real_protocols import parse_settings
+    from models.cvae import CVAEConfig
+
+    got = parse_settings("--config", ["prior=class_gaussian", "prior_components=5"], CVAEConfig)
+    assert got == {"prior": "class_gaussian", "prior_components": 5}
