@@ -186,9 +186,8 @@ class CVAE(ConditionalSampler):
             k, m, d = cfg.num_classes, cfg.prior_components, cfg.latent_dim
             self.register_buffer("prior_weights", F.one_hot(torch.zeros(k, dtype=torch.long), m).float())
             self.register_buffer("prior_means", torch.zeros(k, m, d))
-            self.register_buffer(
-                "prior_scale_trils", torch.eye(d).expand(k, m, -1, -1).clone()
-            )  # (K, M, D, D)
+            eyes = torch.eye(d).expand(k, m, -1, -1).clone()
+            self.register_buffer("prior_scale_trils", eyes)  # (K, M, D, D) lower-triangular
 
     @property
     def noise_dim(self) -> int:
@@ -303,13 +302,13 @@ class CVAE(ConditionalSampler):
             if n == 0:
                 continue
             if self.config.prior == "class_mixture":
-                m = max(1, min(self.config.prior_components, n // MIN_IMAGES_PER_COMPONENT))
+                k = max(1, min(self.config.prior_components, n // MIN_IMAGES_PER_COMPONENT))
                 extra = torch.diag(var[sel].mean(0)) + 1e-4 * eye
-                weights, means, trils = _fit_mixture(mu[sel].float(), m, extra.float())
+                weights, means, trils = _fit_mixture(mu[sel].float(), k, extra.float())
                 self.prior_weights[c] = 0.0
-                self.prior_weights[c, :m] = weights.float()
-                self.prior_means[c, :m] = means.float()
-                self.prior_scale_trils[c, :m] = trils.float()
+                self.prior_weights[c, :k] = weights
+                self.prior_means[c, :k] = means
+                self.prior_scale_trils[c, :k] = trils
                 continue
             m = mu[sel].mean(0)
             centred = mu[sel] - m
