@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from models.blocks import check_int, check_labels, module_device
-from models.cvae import CVAE
+from models.cvae import CVAE, mixture_log_joint
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -115,10 +115,7 @@ def log_prior(model: CVAE, z: Tensor, cls: int) -> Tensor:
     if model.config.prior == "standard":
         return -(0.5 * z.pow(2) + _HALF_LOG_2PI).sum(1)
     weights, means, trils = (t[cls] for t in model.prior_mixture())  # (M,), (M, D), (M, D, D)
-    white = torch.linalg.solve_triangular(trils, (z[None] - means[:, None]).transpose(1, 2), upper=False)
-    log_det = trils.diagonal(dim1=-2, dim2=-1).log().sum(-1)  # (M,)
-    log_comp = -0.5 * white.pow(2).sum(1) - log_det[:, None] - z.shape[1] * _HALF_LOG_2PI  # (M, N)
-    return torch.logsumexp(log_comp + weights.log()[:, None], 0)  # empty components: weight 0, log -inf
+    return torch.logsumexp(mixture_log_joint(z, weights, means, trils), 0)  # empty components: -inf
 
 
 def log_likelihood(model: CVAE, x: Tensor, out: Tensor) -> Tensor:

@@ -343,6 +343,16 @@ class CVAE(ConditionalSampler):
         return self.guided_decode(self.prior_latent(z, labels), labels, self.config.guidance)
 
 
+def mixture_log_joint(x: Tensor, weights: Tensor, means: Tensor, trils: Tensor) -> Tensor:
+    """log(w_m N(x_n | mean_m, L_m L_m^T)) (M, N) for points ``x`` (N, D) and a mixture of weights (M,),
+    means (M, D) and Cholesky factors (M, D, D); a weight of 0 gives -inf. Its logsumexp over M is the
+    mixture's log-density."""
+    white = torch.linalg.solve_triangular(trils, (x[None] - means[:, None]).transpose(1, 2), upper=False)
+    log_det = trils.diagonal(dim1=-2, dim2=-1).log().sum(-1)  # (M,)
+    log_n = -0.5 * white.pow(2).sum(1) - log_det[:, None] - x.shape[1] * _HALF_LOG_2PI  # (M, N)
+    return log_n + weights.log()[:, None]
+
+
 def _fit_mixture(
     x: Tensor, m: int, extra_cov: Tensor, iters: int = 60, tol: float = 1e-5
 ) -> tuple[Tensor, ...]:
@@ -369,11 +379,7 @@ def _fit_mixture(
         diff = x[None] - means[:, None]  # (m, n, D)
         cov = torch.einsum("nm,mni,mnj->mij", resp, diff, diff) / nk[:, None, None] + extra_cov
         trils = torch.linalg.cholesky(cov)  # (m, D, D)
-        white = torch.linalg.solve_triangular(trils, diff.transpose(1, 2), upper=False)  # (m, D, n)  E step
-        log_det = trils.diagonal(dim1=-2, dim2=-1).log().sum(-1)  # (m,)
-        log_p = (
-            -0.5 * white.pow(2).sum(1) - log_det[:, None] + weights.log()[:, None]
-        )  # (m, n), up to a const
+        log_p = mixture_log_joint(x, weights, means, trils)  # (m, n)  E step
         resp = torch.softmax(log_p, 0).T
         ll = torch.logsumexp(log_p, 0).mean().item()
         if ll - last < tol:
