@@ -67,6 +67,55 @@ def _instance_settings(folder: str, base: int, port: Callable[[], int]) -> dict[
     }
 
 
+HAPROXY_FOLDER_PREFIX = "genaug-haproxy-"  # each instance's folder in the temp dir
+HAPROXY_OWNER_FILE = "owner.pid"  # in that folder: the genaug process that made it
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _socket_answers(path: str) -> bool:
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(0.5)
+        try:
+            s.connect(path)
+        except OSError:
+            return False
+    return True
+
+
+def sweep_haproxy_folders(root: str | None = None) -> list[str]:
+    """Remove the HAProxy folders (in ``root``, default the temp dir) that a killed genaug left behind.
+
+    A folder goes when it is this user's, its ``owner.pid`` names a process that no longer runs (a killed
+    process never runs its ``atexit`` cleanup) and no HAProxy answers on its admin socket. Folders without
+    an owner file (being created, or made by an older genaug) are left alone. Returns the removed paths.
+    """
+    removed = []
+    for entry in os.scandir(root or tempfile.gettempdir()):
+        if not entry.name.startswith(HAPROXY_FOLDER_PREFIX) or not entry.is_dir(follow_symlinks=False):
+            continue
+        try:
+            if entry.stat(follow_symlinks=False).st_uid != os.getuid():
+                continue
+            with open(os.path.join(entry.path, HAPROXY_OWNER_FILE)) as f:
+                owner = int(f.read())
+        except (OSError, ValueError):
+            continue
+        if _pid_alive(owner) or _socket_answers(os.path.join(entry.path, "admin.sock")):
+            continue
+        shutil.rmtree(entry.path, ignore_errors=True)
+        removed.append(entry.path)
+    return removed
+
+
 # every variable haproxy_env sets besides HAPROXY_ENV (GENAUG_HAPROXY_PID: the process that chose them)
 HAPROXY_INSTANCE_KEYS = (*_instance_settings("", 0, lambda: 0), "GENAUG_HAPROXY_PID")
 
@@ -82,11 +131,15 @@ def haproxy_env() -> dict[str, str]:
     proxy on 8500). Each instance gets its own folder and ports, and 100 replica ports of its own.
     Variables already set in the environment win, unless another genaug process chose them
     (``GENAUG_HAPROXY_PID``: a service started by a service, or by the tests).
+    Folders that killed instances left behind are swept first (``sweep_haproxy_folders``).
     """
     owner = os.environ.get("GENAUG_HAPROXY_PID")
     if owner == str(os.getpid()):  # chosen already, in this process
         return {k: os.environ[k] for k in (*HAPROXY_ENV, *HAPROXY_INSTANCE_KEYS) if k in os.environ}
-    folder = tempfile.mkdtemp(prefix="genaug-haproxy-")
+    sweep_haproxy_folders()
+    folder = tempfile.mkdtemp(prefix=HAPROXY_FOLDER_PREFIX)
+    with open(os.path.join(folder, HAPROXY_OWNER_FILE), "w") as f:
+        f.write(str(os.getpid()))
     base = 20000 + 100 * secrets.randbelow(100)  # HTTP ports base..base+99, gRPC 10000 lower
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     env = _instance_settings(folder, base, free_port)

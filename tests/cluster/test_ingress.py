@@ -9,8 +9,10 @@ import io
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -20,7 +22,13 @@ import psutil
 import pytest
 from ray.serve._private import constants as serve_constants  # read now, with the suite's ingress
 
-from jobs.rayinit import HAPROXY_ENV, HAPROXY_INSTANCE_KEYS, haproxy_env, select_ingress
+from jobs.rayinit import (
+    HAPROXY_ENV,
+    HAPROXY_INSTANCE_KEYS,
+    haproxy_env,
+    select_ingress,
+    sweep_haproxy_folders,
+)
 from tests.conftest import register_untrained
 
 
@@ -54,6 +62,7 @@ def test_each_haproxy_instance_gets_its_own_folder_and_ports(clean_env):
     assert mine["RAY_SERVE_ENABLE_HA_PROXY"] == "1" and mine["GENAUG_HAPROXY_PID"] == str(os.getpid())
     folder = Path(mine["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"])
     assert folder.is_dir() and folder.name.startswith("genaug-haproxy-")
+    assert (folder / "owner.pid").read_text() == str(os.getpid())  # what a later sweep checks
     assert Path(mine["RAY_SERVE_HAPROXY_SOCKET_PATH"]).parent == folder
     assert mine["RAY_SERVE_HAPROXY_STATS_PORT"] != mine["RAY_SERVE_HAPROXY_METRICS_PORT"]
     for key, value in mine.items():  # as select_ingress sets them
@@ -81,6 +90,36 @@ def test_each_haproxy_instance_gets_its_own_folder_and_ports(clean_env):
         clean_env.delenv(key)
     clean_env.setenv("RAY_SERVE_HAPROXY_STATS_PORT", "18404")  # the user's own setting wins
     assert haproxy_env()["RAY_SERVE_HAPROXY_STATS_PORT"] == "18404"
+
+
+def test_sweep_removes_the_folders_that_killed_instances_left(clean_env):
+    """A killed genaug never runs its atexit cleanup; the next instance removes what it left, only that."""
+    code = "import os; print(os.getpid())"
+    gone = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    dead_pid = int(gone.stdout)  # a process that has exited
+    with tempfile.TemporaryDirectory(prefix="gs") as root:  # short: a unix socket path has ~100 characters
+
+        def folder(name: str, owner: int | None) -> Path:
+            path = Path(root, f"genaug-haproxy-{name}")
+            path.mkdir()
+            (path / "server-state").write_text("state")
+            if owner is not None:
+                (path / "owner.pid").write_text(str(owner))
+            return path
+
+        stale = folder("stale", dead_pid)
+        alive = folder("alive", os.getpid())
+        unowned = folder("unowned", None)  # being created, or an older genaug's
+        served = folder("served", dead_pid)  # owner gone, but an HAProxy still answers on its admin socket
+        other = Path(root, "something-else")
+        other.mkdir()
+        (other / "owner.pid").write_text(str(dead_pid))
+        with socket.socket(socket.AF_UNIX) as server:
+            server.bind(str(served / "admin.sock"))
+            server.listen()
+            assert sweep_haproxy_folders(root) == [str(stale)]
+        assert not stale.exists()
+        assert all(p.is_dir() for p in (alive, unowned, served, other))
 
 
 def _session_names(sid: int) -> list[str]:
