@@ -193,7 +193,8 @@ class Chromium:
         ]
         if hasattr(os, "geteuid") and os.geteuid() == 0:
             args.insert(1, "--no-sandbox")  # Chromium refuses to run as root with its sandbox
-        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
+        env = {**os.environ, "TMPDIR": self.profile}  # its own temp folders go with the profile, not /tmp
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=env)
         self.port = self._port()
 
     def _port(self, timeout: float = 60) -> int:
