@@ -23,6 +23,7 @@ from typing import Any
 
 from cluster import APP_NAME, NAMESPACE, QUEUE_ACTOR
 from cluster.queue import JobStore
+from jobs.rayinit import pid_alive
 from jobs.store.location import resolve_home, state_dir, write_json_atomic
 
 SERVICE_FILE = "service.json"  # in the storage root's local state folder (jobs.store.location.state_dir)
@@ -149,8 +150,10 @@ def read_service(home: str | os.PathLike | None) -> dict | None:
         return None
     if service.get("hostname") == socket.gethostname():
         try:
-            os.kill(int(service["pid"]), 0)
-        except (OSError, ValueError, KeyError, TypeError):
+            pid = int(service["pid"])
+        except (ValueError, KeyError, TypeError):
+            return None
+        if not pid_alive(pid):
             return None  # it died without cleaning up
     return service
 

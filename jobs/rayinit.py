@@ -46,11 +46,14 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+HAPROXY_SOCKET = "admin.sock"  # HAProxy's admin socket, in the instance's folder
+
+
 def _instance_settings(folder: str, base: int, port: Callable[[], int]) -> dict[str, str]:
     """One HAProxy instance's own settings: its folder, ports from ``port()``, replica ports from ``base``."""
     return {
         "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": f"{folder}/haproxy.cfg",
-        "RAY_SERVE_HAPROXY_SOCKET_PATH": f"{folder}/admin.sock",
+        "RAY_SERVE_HAPROXY_SOCKET_PATH": f"{folder}/{HAPROXY_SOCKET}",
         "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": folder,
         "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": f"{folder}/server-state",
         "RAY_SERVE_HAPROXY_STATS_PORT": str(port()),
@@ -71,13 +74,14 @@ HAPROXY_FOLDER_PREFIX = "genaug-haproxy-"  # each instance's folder in the temp 
 HAPROXY_OWNER_FILE = "owner.pid"  # in that folder: the genaug process that made it
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` runs on this machine (another user's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # another user's process
-        return True
+    except PermissionError:  # it runs, as another user
+        pass
     return True
 
 
@@ -109,7 +113,7 @@ def sweep_haproxy_folders(root: str | None = None) -> list[str]:
                 owner = int(f.read())
         except (OSError, ValueError):
             continue
-        if _pid_alive(owner) or _socket_answers(os.path.join(entry.path, "admin.sock")):
+        if pid_alive(owner) or _socket_answers(os.path.join(entry.path, HAPROXY_SOCKET)):
             continue
         shutil.rmtree(entry.path, ignore_errors=True)
         removed.append(entry.path)
