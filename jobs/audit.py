@@ -29,7 +29,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -52,10 +52,8 @@ from jobs.rayinit import ray_session
 from jobs.store.location import Location, location, resolve_home, write_json_atomic
 from jobs.store.manifest import cleanup_temp
 from jobs.store.registry import ModelVersion, Registry
+from jobs.tasks import remote_cpu, wait_in_order
 from models.audit import AuditConfig, OutlierReference, reference_scores
-
-if TYPE_CHECKING:  # Ray, pandas and matplotlib load when an audit runs, not with `genaug --help`
-    import ray
 
 # ----------------------------------------------------------------------------- the Ray job
 
@@ -79,26 +77,6 @@ def _shard_task(
     return write_audit_shard(_load_model(home, s.model), s, shard, images, labels, ref)
 
 
-def _remote(fn):
-    """``fn`` as a Ray task of one CPU, retried 3 times (a rerun writes the same bytes)."""
-    import ray
-
-    return ray.remote(num_cpus=1, max_retries=3)(fn)
-
-
-def _run_tasks(refs: list[ray.ObjectRef], progress, what: str) -> list[Any]:
-    """Wait for ``refs`` in completion order, reporting each; results in submission order."""
-    import ray
-
-    results: dict[ray.ObjectRef, Any] = {}
-    pending = list(refs)
-    while pending:
-        ready, pending = ray.wait(pending, num_returns=1)
-        results[ready[0]] = ray.get(ready[0])
-        progress(f"{what} {len(results)}/{len(refs)} done")
-    return [results[r] for r in refs]
-
-
 def reference_images(spec: AuditSpec) -> tuple[torch.Tensor, torch.Tensor]:
     """The images (R, C, H, W) and labels (R,) behind the outlier reference: the first
     ``REFERENCE_PER_CLASS`` training images of each class of ``spec.reference``."""
@@ -118,12 +96,12 @@ def fit_reference(spec: AuditSpec, home: Location, progress=print) -> OutlierRef
     """The outlier reference: nll and code nll of ``reference_images``, scored as the audit scores (same K
     and seed) in Ray tasks."""
     images, labels = reference_images(spec)  # (R, C, H, W), (R,)
-    remote = _remote(_reference_task)
+    remote = remote_cpu(_reference_task)
     refs = [
         remote.remote(home.uri, spec.to_dict(), images[r.start : r.stop], labels[r.start : r.stop])
         for r in reference_chunks(spec, len(labels))
     ]
-    scores = torch.cat(_run_tasks(refs, progress, "reference chunk"))  # (R, 2)
+    scores = torch.cat(wait_in_order(refs, progress, "reference chunk"))  # (R, 2)
     return OutlierReference.from_scores(scores, labels, len(spec.classes), spec.config)
 
 
@@ -197,13 +175,13 @@ def run_audit(
     done = {k: info for k in range(spec.num_shards) if (info := committed_shard(spec, k))}
     if done:
         progress(f"resuming: {len(done)}/{spec.num_shards} shards already committed")
-    remote = _remote(_shard_task)
+    remote = remote_cpu(_shard_task)
     todo = [k for k in range(spec.num_shards) if k not in done]
     refs = [
         remote.remote(root.uri, spec.to_dict(), k, *shard_inputs(spec, ds, k), reference.to_dict())
         for k in todo
     ]
-    for info in _run_tasks(refs, progress, "shard"):
+    for info in wait_in_order(refs, progress, "shard"):
         done[int(info["shard"])] = info
     cleanup_temp(spec.output)  # left by a task whose worker died mid-write (its retry wrote the shard)
     return finalize_audit(spec, job_id, mv, [done[k] for k in sorted(done)], reference, started)

@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
+import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -45,11 +47,14 @@ from jobs.entry import job_main
 from jobs.metrics.classifier import (
     ClassifierConfig,
     Log,
+    cached_real_accuracy,
     extract_features,
     feature_classifier,
     mean_std,
     quiet,
+    real_accuracy,
     real_baseline,
+    store_real_accuracy,
 )
 from jobs.metrics.distances import density_coverage, fid, precision_recall
 from jobs.metrics.fidelity import SVC_REAL_REFERENCE, cas, cas_svc, label_fidelity, memorisation
@@ -57,17 +62,29 @@ from jobs.metrics.gain import (
     GAIN_REAL_SHARE,
     GAIN_SYNTH_PER_CLASS,
     LOW_DATA_RECIPES,
+    GainPlan,
+    LowDataRecipe,
     TrainFn,
-    augmentation_gain,
+    gain_plan,
+    gain_row,
+    gain_summary,
     gain_text,
     sample_images,
+    train_generator,
 )
-from jobs.metrics.longtail import LONG_TAIL_RECIPES, RARE_CLASSES, RARE_KEEP, long_tail_gain
+from jobs.metrics.longtail import (
+    LONG_TAIL_RECIPES,
+    RARE_CLASSES,
+    RARE_KEEP,
+    long_tail_row,
+    long_tail_summary,
+)
 from jobs.metrics.report import METRICS, report_rows, write_report
 from jobs.metrics.targets import FID_FLOOR_FACTOR, GAIN_DEFAULT_K, GAIN_HEAD_K, domain
 from jobs.metrics.targets import target as target_of
-from jobs.store.location import resolve_home
+from jobs.store.location import cache_dir, resolve_home
 from jobs.store.registry import Registry
+from jobs.tasks import Call, run_calls
 
 
 def _check_dataset(spec: str, ckpt, size: int) -> tuple[ImageDataset, ImageDataset]:
@@ -107,6 +124,8 @@ def evaluate(
     train_fn: TrainFn | None = None,
     classifier_config: ClassifierConfig = ClassifierConfig(),
     temperature: float = 1.0,
+    workers: int = 1,
+    resume: bool = True,
     write: bool = True,
     log: Log = quiet,
 ) -> dict[str, Any]:
@@ -124,6 +143,13 @@ def evaluate(
     ``gain_k`` defaults to 5,10,50 on digits and 10,50,200 elsewhere; ``long_tail`` (None: on when every
     class has >= 500 train images, so that 1 % of a class is >= 5 images) runs ``long_tail_gain``.
     Targets: ``jobs.metrics.targets`` (digits' table on digits, the real-data table elsewhere).
+
+    The classifier trainings of the CAS, gain and long-tail protocols (one per seed, and k) are
+    independent calls (``jobs.tasks.run_calls``): ``workers`` > 1 runs them as Ray tasks of one CPU each,
+    that many at once, with the same figures (each is seeded and pinned to one thread). ``resume`` keeps
+    each call's result in ``<cache>/eval-calls/`` as it finishes and reuses it when the same call (same
+    model weights, data, protocol and code) is asked again: an interrupted evaluation, or one with more
+    k values, redoes only what is missing.
     """
     t_start = time.perf_counter()
     if isinstance(n_per_class, bool) or not isinstance(n_per_class, int) or n_per_class < 2:
@@ -219,20 +245,73 @@ def evaluate(
         f"requested class; mean over {C} classes of {n_per_class} samples each (seed {seeds[0]})",
     }
 
-    # CAS and its ratio to real data: by default on as many samples as the real reference has images.
+    # The protocols that train classifiers (CAS, gain, long tail): independent calls, longest first.
     if fast:
         n_cas = n_per_class
     else:
         n_cas = cas_per_class if cas_per_class is not None else max(n_per_class, -(-n_train // C))
     cas_labels = torch.arange(C).repeat_interleave(n_cas)  # (C*n_cas,)
-    cas_rows = []
+    if long_tail is None:
+        long_tail = not fast and fewest >= 500
+    gain = _gain_plans(model_type, ckpt, spec, C, gain_k, fast, train_fn, classifier_config)
+    lt_fn = train_fn or functools.partial(
+        train_generator,
+        model_type,
+        model_config=dataclasses.asdict(ckpt.config),
+        recipe=LONG_TAIL_RECIPES[model_type],
+    )
+    lt_config = dataclasses.replace(classifier_config, translation=0.0)
+    calls: dict[str, Call] = {}
+    if long_tail:
+        for s in seeds:
+            calls[f"long_tail seed {s}"] = Call(
+                long_tail_row,
+                dict(train=train, test=test, seed=s, train_fn=lt_fn, classifier_config=lt_config),
+            )
+    for k in sorted(gain_k, reverse=True):
+        for s in seeds:
+            calls[f"gain k={k} seed {s}"] = Call(
+                gain_row, dict(plan=gain.plans[k], seed=s, train=train, test=test, train_fn=gain.train_fn)
+            )
     for s in seeds:
-        x_cas = samples[s] if n_cas == n_per_class else sample_images(model, cas_labels, s, temperature)
-        log(f"CAS seed {s}: training a classifier on {len(x_cas)} samples ...")
-        syn = cas(x_cas, cas_labels, test.images, test.labels, s, C, classifier_config)
-        del x_cas
-        real = real_baseline(home, train, test, s, classifier_config, log)
-        cas_rows.append({"seed": s, "synthetic": syn, "real": real})
+        calls[f"cas seed {s}"] = Call(
+            cas_of_samples,
+            dict(
+                home=home.uri,
+                model_ref=mv.ref,
+                checkpoint_sha256=info.get("checkpoint_sha256"),
+                labels=cas_labels,
+                seed=s,
+                temperature=temperature,
+                test=test,
+                config=classifier_config,
+            ),
+        )
+        if cached_real_accuracy(home, train, test, s, classifier_config) is None:
+            calls[f"real seed {s}"] = Call(
+                real_accuracy, dict(train=train, test=test, seed=s, config=classifier_config)
+            )
+    log(
+        f"{len(calls)} classifier protocols (CAS, gain, long tail) on {workers} worker(s)"
+        + (f"; finished ones kept in {_calls_cache(home)}" if resume else "")
+    )
+    done = run_calls(
+        calls,
+        workers,
+        on_done=lambda name, acc: (
+            store_real_accuracy(home, train, int(name.split()[-1]), acc) if name.startswith("real") else None
+        ),
+        progress=log,
+        cache=_calls_cache(home) if resume else None,
+    )
+    cas_rows = [
+        {
+            "seed": s,
+            "synthetic": done[f"cas seed {s}"],
+            "real": real_baseline(home, train, test, s, classifier_config, log),
+        }
+        for s in seeds
+    ]
     cas_mean, cas_std = mean_std([r["synthetic"] for r in cas_rows])
     real_mean, real_std = mean_std([r["real"] for r in cas_rows])
     ratio = cas_mean / real_mean if real_mean > 0 else float("nan")
@@ -309,16 +388,12 @@ def evaluate(
     }
 
     # Augmentation gain, plain and over classical augmentation; long-tailed balancing.
-    out.update(
-        _gain_sections(
-            spec, kind, model_type, ckpt, train, test, seeds, gain_k, fast, train_fn, classifier_config, log
-        )
-    )
-    if long_tail is None:
-        long_tail = not fast and fewest >= 500
-    out["long_tail_gain"] = _long_tail_section(
-        model_type, kind, ckpt, train, test, seeds, long_tail, train_fn, classifier_config, log
-    )
+    by_k = {
+        str(k): gain_summary(gain.plans[k], [done[f"gain k={k} seed {s}"] for s in seeds]) for k in gain_k
+    }
+    out.update(_gain_sections(kind, model_type, gain, by_k, seeds, gain_k, train_fn))
+    lt = long_tail_summary([done[f"long_tail seed {s}"] for s in seeds]) if long_tail else None
+    out["long_tail_gain"] = _long_tail_section(model_type, kind, len(test), seeds, lt, train_fn)
 
     report: dict[str, Any] = {
         **out,
@@ -353,44 +428,82 @@ def evaluate(
     return report
 
 
-def _gain_sections(
-    spec: str,
-    kind: str,
+def cas_of_samples(
+    home: str,
+    model_ref: str,
+    checkpoint_sha256: str | None,
+    labels: torch.Tensor,
+    seed: int,
+    temperature: float,
+    test: ImageDataset,
+    config: ClassifierConfig,
+) -> float:
+    """CAS of the samples of registered ``model_ref`` (its checkpoint hash checked) for ``labels``
+    (generation seed = training seed) on the real ``test`` split. Loads the model itself: a Ray task's
+    argument is pickled, and spectrally normalised modules pickle only through their state dict."""
+    mv = Registry(home).resolve(model_ref)
+    if mv.info.get("checkpoint_sha256") != checkpoint_sha256:
+        raise ValueError(
+            f"model {model_ref} in {home} has checkpoint {mv.info.get('checkpoint_sha256')!r}, "
+            f"expected {checkpoint_sha256!r}: the version changed during the evaluation"
+        )
+    x = sample_images(mv.load().model, labels, seed, temperature)  # (N, C, H, W)
+    return cas(x, labels, test.images, test.labels, seed, test.num_classes, config)
+
+
+def _calls_cache(home: str | Path | None) -> Path:
+    """Where ``evaluate(resume=True)`` keeps each finished protocol call (local, beside the classifiers)."""
+    return cache_dir(home) / "eval-calls"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Gain:
+    """The gain protocols of one evaluation: the generator recipe and each k's plan."""
+
+    recipe: LowDataRecipe
+    n_synth: int
+    train_fn: TrainFn
+    plans: dict[int, GainPlan]
+
+
+def _gain_plans(
     model_type: str,
     ckpt,
-    train: ImageDataset,
-    test: ImageDataset,
-    seeds: Sequence[int],
+    spec: str,
+    num_classes: int,
     gain_k: Sequence[int],
     fast: bool,
     train_fn: TrainFn | None,
     classifier_config: ClassifierConfig,
-    log: Log,
-) -> dict[str, Any]:
-    """``augmentation_gain`` (no classical augmentation in either arm) and ``gain_over_classical`` (both
-    arms with the dataset's classical augmentation) at every k in ``gain_k``."""
+) -> _Gain:
+    """The generator recipe (``fast``: 1/8 of its steps), its training function and each k's ``gain_plan``."""
     recipe = LOW_DATA_RECIPES[model_type]
     if fast:
         recipe = dataclasses.replace(recipe, steps=max(1, recipe.steps // 8))
     n_synth = 200 if fast else GAIN_SYNTH_PER_CLASS
-    by_k = {}
-    for k in gain_k:
-        by_k[str(k)] = augmentation_gain(
-            spec,
-            model_type,
-            k,
-            seeds,
-            train_fn=train_fn,
-            image_size=int(ckpt.config.image_size),
-            n_synth_per_class=n_synth,
-            model_config=dataclasses.asdict(ckpt.config),
-            recipe=recipe,
-            classifier_config=dataclasses.replace(classifier_config, translation=0.0),
-            classical_reference=not fast,
-            train=train,
-            test=test,
-            log=log,
-        )
+    fn = train_fn or functools.partial(
+        train_generator, model_type, model_config=dataclasses.asdict(ckpt.config), recipe=recipe
+    )
+    config = dataclasses.replace(classifier_config, translation=0.0)
+    plans = {
+        int(k): gain_plan(spec, int(k), num_classes, n_synth, GAIN_REAL_SHARE, config, not fast)
+        for k in gain_k
+    }
+    return _Gain(recipe, n_synth, fn, plans)
+
+
+def _gain_sections(
+    kind: str,
+    model_type: str,
+    gain: _Gain,
+    by_k: dict[str, dict[str, Any]],
+    seeds: Sequence[int],
+    gain_k: Sequence[int],
+    train_fn: TrainFn | None,
+) -> dict[str, Any]:
+    """``augmentation_gain`` (no classical augmentation in either arm) and ``gain_over_classical`` (both
+    arms with the dataset's classical augmentation) at every k in ``gain_k`` (``by_k``: ``gain_summary``)."""
+    recipe, n_synth = gain.recipe, gain.n_synth
     want = str(GAIN_HEAD_K[kind])
     head_k = want if want in by_k else next(iter(by_k), None)
     head_g = by_k[head_k] if head_k else {}
@@ -441,35 +554,27 @@ def _gain_sections(
 def _long_tail_section(
     model_type: str,
     kind: str,
-    ckpt,
-    train: ImageDataset,
-    test: ImageDataset,
+    n_test: int,
     seeds: Sequence[int],
-    run: bool,
+    lt: dict[str, Any] | None,
     train_fn: TrainFn | None,
-    classifier_config: ClassifierConfig,
-    log: Log,
 ) -> dict[str, Any]:
-    """``long_tail_gain``'s report entry (skipped, with the reason, unless ``run``)."""
-    if not run:
+    """``long_tail_gain``'s report entry from its summary ``lt`` (None: skipped, with the reason)."""
+    if lt is None:
         return {
             "value": None,
             "target": target_of("long_tail_gain", None, model_type, kind)[0],
             "pass": None,
             "protocol": "skipped: needs >= 500 train images in every class (--long-tail on forces it)",
         }
-    lt = long_tail_gain(
-        model_type,
-        train,
-        test,
-        seeds,
-        train_fn=train_fn,
-        model_config=dataclasses.asdict(ckpt.config),
-        classifier_config=dataclasses.replace(classifier_config, translation=0.0),
-        log=log,
-    )
     target, ok = target_of("long_tail_gain", lt["gain_pp"]["mean"], model_type, kind)
     recipe = LONG_TAIL_RECIPES[model_type]
+    generator = (
+        "train_fn supplied by the caller"
+        if train_fn is not None
+        else f"{recipe.steps} steps, lr {recipe.lr:g}, class-balanced batches"
+        + (", DiffAugment" if recipe.diffaug else "")
+    )
     return {
         "value": lt["gain_pp"]["mean"],
         "std": lt["gain_pp"]["std"],
@@ -482,11 +587,10 @@ def _long_tail_section(
         "per_seed": lt["per_seed"],
         "target": target,
         "pass": ok,
-        "protocol": f"balanced accuracy (mean per-class recall) on the {len(test)} real test images, in pp: "
+        "protocol": f"balanced accuracy (mean per-class recall) on the {n_test} real test images, in pp: "
         f"{RARE_CLASSES} classes (chosen by seed) cut to {RARE_KEEP:.0%} of their train images; a "
         f"{model_type} with this model's config trained in-process on that long-tailed set only "
-        f"({recipe.steps} steps, lr {recipe.lr:g}, class-balanced batches"
-        f"{', DiffAugment' if recipe.diffaug else ''}); FeatureCNN on the set topped up with samples of "
+        f"({generator}); FeatureCNN on the set topped up with samples of "
         f"the rare classes to the largest class's size, minus the same classifier (same seed, steps and "
         f"{lt['classical']}) on the set with the rare classes oversampled to that size; mean ± std "
         f"(ddof=1) over seeds {list(seeds)}. gain_mixed_pp: the same with each rare class's real images "
@@ -602,6 +706,19 @@ def _gain_k(text: str | None) -> list[int] | None:
     return [] if text.strip().lower() == "none" else _int_list(text, "--gain-k")
 
 
+def _workers(text: str) -> int:
+    """``--workers``: ``auto`` (this machine's CPUs) or an integer >= 1."""
+    if text.strip().lower() == "auto":
+        return os.cpu_count() or 1
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ValueError(f"--workers {text!r} is not valid; valid: auto or an integer >= 1")
+    return n
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The ``genaug eval`` flags (shared by ``python -m jobs.evaluate``)."""
     p.add_argument(
@@ -630,6 +747,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="auto",
         help="long-tailed balancing protocol (auto: on when every class has >= 500 train images)",
     )
+    p.add_argument(
+        "--workers",
+        default="auto",
+        help="classifier protocols (CAS, gain, long tail) run at once, as Ray tasks of one CPU each; "
+        "the figures do not depend on it (auto: this machine's CPUs; 1: in this process, no Ray)",
+    )
+    p.add_argument(
+        "--fresh",
+        action="store_true",
+        help="recompute every protocol (default: reuse those an earlier run of the same model, data, "
+        "protocol and code finished; kept in <home>/cache/eval-calls/)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -644,6 +773,8 @@ def run(args: argparse.Namespace) -> int:
         gain_k=_gain_k(args.gain_k),
         fast=args.fast,
         long_tail={"auto": None, "on": True, "off": False}[args.long_tail],
+        workers=_workers(args.workers),
+        resume=not args.fresh,
         log=lambda s: print(s, file=sys.stderr, flush=True),
     )
     rows = [r[:4] for r in report_rows(report)]
@@ -666,4 +797,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the importable module, not __main__, so Ray pickles its functions by reference.
+    from jobs.evaluate import main as _main
+
+    sys.exit(_main())

@@ -269,17 +269,42 @@ def real_baseline(
     Seed ``config.seed`` is the cached feature classifier; other seeds are trained once and their
     accuracy (not the weights) is cached in the classifier's json.
     """
-    _, meta = feature_classifier(home, train, test, config, log)
-    by_seed = dict(meta.get("real_accuracy_by_seed") or {})
-    if str(seed) not in by_seed:
+    acc = cached_real_accuracy(home, train, test, seed, config, log)
+    if acc is None:
         log(f"training the real-data reference classifier, seed {seed} ...")
-        net = train_classifier(train.images, train.labels, train.num_classes, seed, config)
-        by_seed[str(seed)] = accuracy(net, test.images, test.labels)
-        _, js = classifier_cache_paths(home, train)
-        stored = read_json(js)
-        stored["real_accuracy_by_seed"] = {**(stored.get("real_accuracy_by_seed") or {}), **by_seed}
-        write_json_atomic(js, stored)
-    return float(by_seed[str(seed)])
+        acc = real_accuracy(train, test, seed, config)
+        store_real_accuracy(home, train, seed, acc)
+    return acc
+
+
+def cached_real_accuracy(
+    home: str | Path | None,
+    train: ImageDataset,
+    test: ImageDataset,
+    seed: int,
+    config: ClassifierConfig = ClassifierConfig(),
+    log: Log = quiet,
+) -> float | None:
+    """``real_baseline``'s figure for ``seed`` if the classifier cache has it, else None."""
+    _, meta = feature_classifier(home, train, test, config, log)
+    found = (meta.get("real_accuracy_by_seed") or {}).get(str(seed))
+    return None if found is None else float(found)
+
+
+def real_accuracy(
+    train: ImageDataset, test: ImageDataset, seed: int, config: ClassifierConfig = ClassifierConfig()
+) -> float:
+    """Test accuracy of a ``FeatureCNN`` trained on the whole real train split with ``seed`` (no cache)."""
+    net = train_classifier(train.images, train.labels, train.num_classes, seed, config)
+    return accuracy(net, test.images, test.labels)
+
+
+def store_real_accuracy(home: str | Path | None, train: ImageDataset, seed: int, acc: float) -> None:
+    """Add ``real_baseline``'s figure for ``seed`` to the classifier cache's json."""
+    _, js = classifier_cache_paths(home, train)
+    stored = read_json(js)
+    stored["real_accuracy_by_seed"] = {**(stored.get("real_accuracy_by_seed") or {}), str(seed): float(acc)}
+    write_json_atomic(js, stored)
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:

@@ -253,37 +253,78 @@ def augmentation_gain(
     test = test if test is not None else load_dataset(spec, "test", image_size)
     if train_fn is None:
         train_fn = functools.partial(train_generator, model_type, model_config=model_config, recipe=recipe)
-    C = train.num_classes
-    n_synth = C * n_synth_per_class
-    reps = real_repeats(k * C, n_synth, real_share)
-    steps = classifier_config.steps_for(reps * k * C + n_synth)
-    plain = dataclasses.replace(classifier_config, min_steps=steps, max_steps=steps)
-    classical = classical_augmentation(spec, plain)
+    plan = gain_plan(
+        spec, k, train.num_classes, n_synth_per_class, real_share, classifier_config, classical_reference
+    )
     rows = []
     for seed in seeds:
-        idx = pick_per_class(train.labels, k, seed, C)
-        x_real, y_real = train.images[idx], train.labels[idx]
-        log(f"augmentation gain k={k} seed={seed}: training the generator on {len(idx)} images ...")
-        gen = train_fn(x_real, y_real, train.classes, seed)
-        y_syn = torch.arange(C).repeat_interleave(n_synth_per_class)  # (C*n,)
-        x_syn = sample_images(gen, y_syn, seed)
-        x_mix = torch.cat([x_real.repeat(reps, 1, 1, 1), x_syn])  # (reps*k*C + C*n, C, H, W)
-        y_mix = torch.cat([y_real.repeat(reps), y_syn])
-        row: dict[str, Any] = {"seed": int(seed)}
-        for suffix, cfg in (
-            (("", plain), ("_classical", classical)) if classical_reference else (("", plain),)
-        ):
-            row["real_only" + suffix] = cas(x_real, y_real, test.images, test.labels, seed, C, cfg)
-            row["augmented" + suffix] = cas(x_mix, y_mix, test.images, test.labels, seed, C, cfg)
-            row["gain" + suffix] = row["augmented" + suffix] - row["real_only" + suffix]
-        rows.append(row)
+        log(f"augmentation gain k={k} seed={seed}: training the generator on {k} images per class ...")
+        rows.append(gain_row(plan, seed, train, test, train_fn))
+    return gain_summary(plan, rows)
+
+
+@dataclass(frozen=True)
+class GainPlan:
+    """What ``augmentation_gain`` does at one k, the same for every seed (``gain_plan``)."""
+
+    spec: str
+    k: int
+    num_classes: int
+    n_synth_per_class: int
+    real_repeats: int  # the k real images are repeated this often in the augmented set
+    plain: ClassifierConfig  # both arms, no classical augmentation; min_steps = max_steps = the step count
+    classical: ClassifierConfig | None  # both arms again with classical augmentation (None: not run)
+
+
+def gain_plan(
+    spec: str,
+    k: int,
+    num_classes: int,
+    n_synth_per_class: int = GAIN_SYNTH_PER_CLASS,
+    real_share: float = GAIN_REAL_SHARE,
+    classifier_config: ClassifierConfig = GAIN_CLASSIFIER,
+    classical_reference: bool = True,
+) -> GainPlan:
+    """The set sizes and the classifier schedule of ``augmentation_gain`` at ``k``."""
+    n_synth = num_classes * n_synth_per_class
+    reps = real_repeats(k * num_classes, n_synth, real_share)
+    steps = classifier_config.steps_for(reps * k * num_classes + n_synth)
+    plain = dataclasses.replace(classifier_config, min_steps=steps, max_steps=steps)
+    classical = classical_augmentation(spec, plain) if classical_reference else None
+    return GainPlan(spec, k, num_classes, n_synth_per_class, reps, plain, classical)
+
+
+def gain_row(
+    plan: GainPlan, seed: int, train: ImageDataset, test: ImageDataset, train_fn: TrainFn
+) -> dict[str, Any]:
+    """One seed of ``augmentation_gain``: accuracies of both arms (and of the classical pair) and gains."""
+    C, k = plan.num_classes, plan.k
+    idx = pick_per_class(train.labels, k, seed, C)
+    x_real, y_real = train.images[idx], train.labels[idx]
+    gen = train_fn(x_real, y_real, train.classes, seed)
+    y_syn = torch.arange(C).repeat_interleave(plan.n_synth_per_class)  # (C*n,)
+    x_syn = sample_images(gen, y_syn, seed)
+    x_mix = torch.cat([x_real.repeat(plan.real_repeats, 1, 1, 1), x_syn])  # (reps*k*C + C*n, C, H, W)
+    y_mix = torch.cat([y_real.repeat(plan.real_repeats), y_syn])
+    row: dict[str, Any] = {"seed": int(seed)}
+    arms = (("", plan.plain),) + ((("_classical", plan.classical),) if plan.classical else ())
+    for suffix, cfg in arms:
+        row["real_only" + suffix] = cas(x_real, y_real, test.images, test.labels, seed, C, cfg)
+        row["augmented" + suffix] = cas(x_mix, y_mix, test.images, test.labels, seed, C, cfg)
+        row["gain" + suffix] = row["augmented" + suffix] - row["real_only" + suffix]
+    return row
+
+
+def gain_summary(plan: GainPlan, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """``augmentation_gain``'s result from its per-seed ``rows`` (``gain_row``): mean ± std (ddof=1)."""
 
     def stat(key: str) -> dict[str, float] | None:
         if key not in rows[0]:
             return None
         return dict(zip(("mean", "std"), mean_std([r[key] for r in rows]), strict=True))
 
-    out: dict[str, Any] = {"k": k, "seeds": [int(s) for s in seeds]}
+    k, C = plan.k, plan.num_classes
+    out: dict[str, Any] = {"k": k, "seeds": [int(r["seed"]) for r in rows]}
     for key in (
         "real_only",
         "augmented",
@@ -299,14 +340,15 @@ def augmentation_gain(
         if out["gain_classical"]
         else None
     )
+    n_real, n_synth = plan.real_repeats * k * C, C * plan.n_synth_per_class
     out.update(
-        per_seed=rows,
-        n_synth_per_class=n_synth_per_class,
-        real_repeats=reps,
-        real_share=reps * k * C / (reps * k * C + n_synth),
-        classifier_steps=steps,
-        classifier=dataclasses.asdict(plain),
-        classical=classical_text(classical) if classical_reference else None,
+        per_seed=[dict(r) for r in rows],
+        n_synth_per_class=plan.n_synth_per_class,
+        real_repeats=plan.real_repeats,
+        real_share=n_real / (n_real + n_synth),
+        classifier_steps=plan.plain.max_steps,
+        classifier=dataclasses.asdict(plan.plain),
+        classical=classical_text(plan.classical) if plan.classical else None,
     )
     return out
 

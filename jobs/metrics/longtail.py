@@ -126,53 +126,78 @@ def long_tail_gain(
         train_fn = functools.partial(train_generator, model_type, model_config=model_config, recipe=r)
     rows = []
     for seed in seeds:
-        rare = sorted(np.random.default_rng(seed).choice(C, size=rare_classes, replace=False).tolist())
-        idx = long_tail_indices(train.labels, rare, keep, seed)
-        x_lt, y_lt = train.images[idx], train.labels[idx]
-        counts = torch.bincount(y_lt, minlength=C)
-        target = int(counts.max())
-        log(
-            f"long tail seed {seed}: classes {rare} cut to {[int(counts[c]) for c in rare]} images; "
-            "training the generator ..."
-        )
-        gen = train_fn(x_lt, y_lt, train.classes, seed)
-        extra_y = torch.cat([torch.full((target - int(counts[c]),), c) for c in rare])  # (M,)
-        x_syn = sample_images(gen, extra_y, seed)  # (M, C, H, W)
-        x_top, y_top = torch.cat([x_lt, x_syn]), torch.cat([y_lt, extra_y])
-        over = oversampled_indices(y_lt, rare, target)
-        x_over, y_over = x_lt[over], y_lt[over]
-        # (c) mixed: each rare class's real images cycled to real_share of the target, samples the rest
-        n_real = round(real_share * target)
-        half = oversampled_indices(y_lt, rare, n_real)
-        keep_syn = torch.cat([torch.nonzero(extra_y == c)[:, 0][: target - n_real] for c in rare])
-        x_mix, y_mix = torch.cat([x_lt[half], x_syn[keep_syn]]), torch.cat([y_lt[half], extra_y[keep_syn]])
-        steps = classifier_config.steps_for(len(y_top))
-        cfg = classical_augmentation(
-            train.spec, dataclasses.replace(classifier_config, min_steps=steps, max_steps=steps)
-        )
-        row: dict[str, Any] = {"seed": int(seed), "rare": rare, "rare_kept": [int(counts[c]) for c in rare]}
-        arms = {
-            "oversampled": (x_over, y_over),
-            "topped_up": (x_top, y_top),
-            "mixed": (x_mix, y_mix),
-            "full_real": (train.images, train.labels),
-        }
-        for arm, (x, y) in arms.items():
-            net = train_classifier(x, y, C, seed, cfg)
-            recalls = class_recalls(predict(net, test.images), test.labels, C)
-            row[arm] = float(np.mean(list(recalls.values())))  # balanced accuracy
-            row[arm + "_rare_recall"] = float(np.mean([recalls[c] for c in rare]))
-        row["gain"] = row["topped_up"] - row["oversampled"]
-        row["gain_mixed"] = row["mixed"] - row["oversampled"]
-        row["ceiling"] = row["full_real"] - row["oversampled"]
+        log(f"long tail seed {seed}: training the generator on the long-tailed set ...")
+        row = long_tail_row(train, test, seed, train_fn, rare_classes, keep, real_share, classifier_config)
         rows.append(row)
+    return long_tail_summary(rows, real_share, rare_classes, keep)
+
+
+def long_tail_row(
+    train: ImageDataset,
+    test: ImageDataset,
+    seed: int,
+    train_fn: TrainFn,
+    rare_classes: int = RARE_CLASSES,
+    keep: float = RARE_KEEP,
+    real_share: float = LONG_TAIL_REAL_SHARE,
+    classifier_config: ClassifierConfig = GAIN_CLASSIFIER,
+) -> dict[str, Any]:
+    """One seed of ``long_tail_gain``: the four arms' balanced accuracies, rare-class recalls and gains."""
+    C = train.num_classes
+    rare = sorted(np.random.default_rng(seed).choice(C, size=rare_classes, replace=False).tolist())
+    idx = long_tail_indices(train.labels, rare, keep, seed)
+    x_lt, y_lt = train.images[idx], train.labels[idx]
+    counts = torch.bincount(y_lt, minlength=C)
+    target = int(counts.max())
+    gen = train_fn(x_lt, y_lt, train.classes, seed)
+    extra_y = torch.cat([torch.full((target - int(counts[c]),), c) for c in rare])  # (M,)
+    x_syn = sample_images(gen, extra_y, seed)  # (M, C, H, W)
+    x_top, y_top = torch.cat([x_lt, x_syn]), torch.cat([y_lt, extra_y])
+    over = oversampled_indices(y_lt, rare, target)
+    x_over, y_over = x_lt[over], y_lt[over]
+    # (c) mixed: each rare class's real images cycled to real_share of the target, samples the rest
+    n_real = round(real_share * target)
+    half = oversampled_indices(y_lt, rare, n_real)
+    keep_syn = torch.cat([torch.nonzero(extra_y == c)[:, 0][: target - n_real] for c in rare])
+    x_mix, y_mix = torch.cat([x_lt[half], x_syn[keep_syn]]), torch.cat([y_lt[half], extra_y[keep_syn]])
+    steps = classifier_config.steps_for(len(y_top))
+    cfg = classical_augmentation(
+        train.spec, dataclasses.replace(classifier_config, min_steps=steps, max_steps=steps)
+    )
+    row: dict[str, Any] = {"seed": int(seed), "rare": rare, "rare_kept": [int(counts[c]) for c in rare]}
+    arms = {
+        "oversampled": (x_over, y_over),
+        "topped_up": (x_top, y_top),
+        "mixed": (x_mix, y_mix),
+        "full_real": (train.images, train.labels),
+    }
+    for arm, (x, y) in arms.items():
+        net = train_classifier(x, y, C, seed, cfg)
+        recalls = class_recalls(predict(net, test.images), test.labels, C)
+        row[arm] = float(np.mean(list(recalls.values())))  # balanced accuracy
+        row[arm + "_rare_recall"] = float(np.mean([recalls[c] for c in rare]))
+    row["gain"] = row["topped_up"] - row["oversampled"]
+    row["gain_mixed"] = row["mixed"] - row["oversampled"]
+    row["ceiling"] = row["full_real"] - row["oversampled"]
+    row["classifier_steps"] = steps
+    row["classical"] = classical_text(cfg)
+    return row
+
+
+def long_tail_summary(
+    rows: Sequence[Mapping[str, Any]],
+    real_share: float = LONG_TAIL_REAL_SHARE,
+    rare_classes: int = RARE_CLASSES,
+    keep: float = RARE_KEEP,
+) -> dict[str, Any]:
+    """``long_tail_gain``'s result from its per-seed ``rows`` (``long_tail_row``): mean ± std (ddof=1)."""
 
     def stat(key: str) -> dict[str, float]:
         return dict(zip(("mean", "std"), mean_std([r[key] for r in rows]), strict=True))
 
     gain, gain_mixed, ceiling = stat("gain"), stat("gain_mixed"), stat("ceiling")
     return {
-        "seeds": [int(s) for s in seeds],
+        "seeds": [int(r["seed"]) for r in rows],
         "oversampled": stat("oversampled"),
         "topped_up": stat("topped_up"),
         "gain": gain,
@@ -184,9 +209,11 @@ def long_tail_gain(
         "ceiling": ceiling,
         "ceiling_pp": {"mean": 100 * ceiling["mean"], "std": 100 * ceiling["std"]},
         "real_share": real_share,
-        "per_seed": rows,
+        "per_seed": [
+            {k: v for k, v in r.items() if k not in ("classifier_steps", "classical")} for r in rows
+        ],
         "rare_classes": rare_classes,
         "keep": keep,
-        "classifier_steps": steps,
-        "classical": classical_text(cfg),
+        "classifier_steps": rows[-1]["classifier_steps"],
+        "classical": rows[-1]["classical"],
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 from pathlib import Path
@@ -327,7 +328,8 @@ def cheap_cli_with_replayed_generators(home: Path, monkeypatch, train) -> list[i
 @pytest.mark.slow
 def test_cli_evaluates_an_untrained_model_and_writes_the_report(tmp_path, monkeypatch, capsys, digits):
     calls = cheap_cli_with_replayed_generators(tmp_path, monkeypatch, digits[0])
-    rc = ev.main(["--home", str(tmp_path), "--model", "tiny-cgan", "--fast", "--seeds", "3,4"])
+    argv = ["--home", str(tmp_path), "--model", "tiny-cgan", "--fast", "--seeds", "3,4", "--workers", "1"]
+    rc = ev.main(argv)
     out = capsys.readouterr().out
     assert rc == 0
     assert calls == [3]  # fast: first seed only, k=10 only
@@ -360,7 +362,18 @@ def test_cas_trains_on_as_many_samples_as_the_real_split_and_gain_none_skips_the
     tmp_path, monkeypatch, capsys, digits
 ):
     calls = cheap_cli_with_replayed_generators(tmp_path, monkeypatch, digits[0])
-    argv = ["--home", str(tmp_path), "--model", "tiny-cgan", "--seeds", "0", "--per-class", "20"]
+    argv = [
+        "--home",
+        str(tmp_path),
+        "--model",
+        "tiny-cgan",
+        "--seeds",
+        "0",
+        "--per-class",
+        "20",
+        "--workers",
+        "1",
+    ]
     assert ev.main([*argv, "--gain-k", "none", "--long-tail", "off"]) == 0
     report = json.loads((tmp_path / "models" / "tiny-cgan" / "v1" / "eval.json").read_text())
     assert calls == []  # no gain, no long tail: no generator trained
@@ -386,6 +399,8 @@ def test_cli_rejects_unknown_models_and_bad_seeds(tmp_path, capsys):
     assert "has 3 channel(s) but the model makes 1" in capsys.readouterr().err
     assert ev.main(["--home", str(tmp_path), "--model", "tiny-cvae", "--gain-k", "10,500"]) == 2
     assert "gain k values [10, 500] must lie in 1..86" in capsys.readouterr().err
+    assert ev.main(["--home", str(tmp_path), "--model", "tiny-cvae", "--workers", "0"]) == 2
+    assert "--workers '0' is not valid; valid: auto or an integer >= 1" in capsys.readouterr().err
     assert not (tmp_path / "models" / "tiny-cvae" / "v1" / "eval.json").exists()
 
 
@@ -406,13 +421,45 @@ def test_cli_reads_the_version_from_s3_and_writes_the_report_there(s3_root, monk
             train_fn=lambda images, labels, classes, seed: ReplayGenerator(train.images, train.labels),
         ),
     )
-    rc = ev.main(["--home", s3_root, "--model", "tiny-cgan", "--fast", "--gain-k", "10"])
+    rc = ev.main(["--home", s3_root, "--model", "tiny-cgan", "--fast", "--gain-k", "10", "--workers", "1"])
     assert rc == 0 and f"report: {s3_root}/models/tiny-cgan/v1/eval.md" in capsys.readouterr().out
     vdir = location(s3_root) / "models/tiny-cgan/v1"
     report = (vdir / "eval.json").read_json()
     assert report["model"] == "tiny-cgan:v1" and set(ev.METRICS) <= set(report)
     assert (vdir / "eval_samples.png").is_file() and (vdir / "eval.md").is_file()
     assert any(p.suffix == ".pt" for p in (cache_dir(s3_root) / "classifiers").iterdir())
+
+
+@pytest.mark.slow
+def test_ray_workers_give_the_in_process_figures_and_finished_protocols_are_reused(tmp_path):
+    """The classifier protocols as Ray tasks give the figures of the in-process run, to the last digit;
+    a second run reuses every finished call (its cache), and a changed protocol reuses none."""
+    register(tmp_path, "tiny-cgan", "cgan")
+    common = dict(fast=True, seeds=[0], gain_k=[5], classifier_config=CHEAP, write=False)
+    log: list[str] = []
+    first = ev.evaluate(tmp_path, "tiny-cgan", workers=1, log=log.append, **common)
+    cached = sorted((tmp_path / "cache" / "eval-calls").glob("*.json"))
+    # the real baseline of seed 0 is the cached domain classifier's: two calls
+    assert sorted(json.loads(p.read_text())["call"] for p in cached) == ["cas seed 0", "gain k=5 seed 0"]
+    assert not any("reused" in line for line in log)
+
+    parallel = ev.evaluate(tmp_path, "tiny-cgan", workers=2, resume=False, **common)
+
+    def figures(r: dict) -> tuple:
+        return r["cas"]["per_seed"], r["augmentation_gain"]["details"]["5"]["per_seed"]
+
+    assert figures(parallel) == figures(first)
+    assert 0.0 < first["cas"]["value"] < 1.0 and "gain_classical" not in figures(first)[1][0]  # fast
+
+    log.clear()
+    again = ev.evaluate(tmp_path, "tiny-cgan", workers=1, log=log.append, **common)
+    assert figures(again) == figures(first)
+    assert sum("reused" in line for line in log) == 2
+
+    log.clear()
+    other = dataclasses.replace(CHEAP, seed=1)
+    ev.evaluate(tmp_path, "tiny-cgan", workers=1, log=log.append, **{**common, "classifier_config": other})
+    assert not any("reused" in line for line in log)
 
 
 def test_quick_summary_measures_or_reads_eval_json(tmp_path):
