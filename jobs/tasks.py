@@ -121,7 +121,13 @@ def call_key(call: Call) -> str | None:
 
 
 def _call(fn: Callable[..., Any], **kwargs: Any) -> Any:
-    return fn(**kwargs)
+    """``fn(**kwargs)`` on one torch thread (what a task of one CPU gets), the thread count restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return fn(**kwargs)
+    finally:
+        torch.set_num_threads(before)
 
 
 def run_calls(
@@ -139,10 +145,11 @@ def run_calls(
     stopped; a call of other arguments or other code has another key). Calls that ``call_key`` cannot
     name, or whose results are not JSON, always run.
 
-    ``workers`` 1 (or a single call): in this process, in the given order. More: Ray tasks of one CPU
-    each, at most ``workers`` running at once, submitted in the given order (put the longest first); Ray
-    is started here (or joined through ``RAY_ADDRESS``) when it is not up. A failed call raises its error
-    after the others already running are given up.
+    Every call runs on one torch thread (float results can depend on the thread count). ``workers`` 1
+    (or a single call): in this process, in the given order. More: Ray tasks of one CPU each, at most
+    ``workers`` running at once, submitted in the given order (put the longest first); Ray is started here
+    (or joined through ``RAY_ADDRESS``) when it is not up. A failed call raises its error after the others
+    already running are given up.
     """
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
@@ -172,7 +179,7 @@ def run_calls(
         todo[name] = c
     if workers == 1 or len(todo) <= 1:
         for name, c in todo.items():
-            done(name, c.fn(**c.kwargs))
+            done(name, _call(c.fn, **c.kwargs))
         return {name: results[name] for name in calls}
 
     import ray
