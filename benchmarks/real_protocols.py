@@ -4,8 +4,9 @@ Runs ``long_tail_gain`` or the k-images-per-class ``augmentation_gain`` of ``gen
 spec, with the ``large`` recipe's model config and the protocol's default generator recipe, changed by
 ``--set FIELD=VALUE`` (fields of ``jobs.metrics.gain.LowDataRecipe``), ``--config FIELD=VALUE`` (fields of
 the model config, e.g. the cGAN's ``noise_scale``) and ``--classifier FIELD=VALUE`` (fields of the
-classifiers' ``ClassifierConfig``, e.g. ``min_steps``). One torch thread, seeded: two variants can run side
-by side on two cores. Prints progress and a summary; ``--json`` keeps everything.
+classifiers' ``ClassifierConfig``, e.g. ``min_steps``). One torch thread a seed, seeded: two variants can
+run side by side on two cores, or one variant's seeds at once with ``--workers 2`` (the same figures).
+Prints progress and a summary; ``--json`` keeps everything.
 
     python -m benchmarks.real_protocols longtail cgan --set class_balanced=true --set diffaug=true
     python -m benchmarks.real_protocols gain cgan --k 50 --set diffaug=true --json /tmp/g.json
@@ -76,7 +77,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"[{time.time() - started:6.0f}s] {msg}", file=sys.stderr, flush=True)
 
     log(f"{args.protocol} {args.model} on {args.dataset}: {recipe}; {classifier}")
-    common = dict(model_config=model_config, recipe=recipe, classifier_config=classifier, log=log)
+    common = dict(
+        model_config=model_config, recipe=recipe, classifier_config=classifier, workers=args.workers, log=log
+    )
     if args.protocol == "longtail":
         out = long_tail_gain(args.model, train, test, args.seeds, **common)
         print(f"top-up {out['gain_pp']['mean']:+.2f} ± {out['gain_pp']['std']:.2f} pp, half real "
@@ -112,6 +115,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", action="append", default=[], help="FIELD=VALUE change of the model config")
     p.add_argument(
         "--classifier", action="append", default=[], help="FIELD=VALUE change of the classifiers' config"
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="seeds run at once, as Ray tasks of one CPU (default 1: in process)",
     )
     p.add_argument("--json", default=None, help="write the whole result here")
     args = p.parse_args(argv)

@@ -65,8 +65,8 @@ from jobs.metrics.gain import (
     GainPlan,
     LowDataRecipe,
     TrainFn,
+    gain_calls,
     gain_plan,
-    gain_row,
     gain_summary,
     gain_text,
     sample_images,
@@ -76,7 +76,7 @@ from jobs.metrics.longtail import (
     LONG_TAIL_RECIPES,
     RARE_CLASSES,
     RARE_KEEP,
-    long_tail_row,
+    long_tail_calls,
     long_tail_summary,
 )
 from jobs.metrics.report import METRICS, report_rows, write_report
@@ -191,8 +191,7 @@ def evaluate(
     )
 
     labels = torch.arange(C).repeat_interleave(n_per_class)  # (C*n,)
-    samples = {s: sample_images(model, labels, s, temperature) for s in seeds}
-    first = samples[seeds[0]]  # the sample set of the first seed feeds every single-set metric
+    first = sample_images(model, labels, seeds[0], temperature)  # feeds every single-set metric
     n_fake, n_test, n_train = len(first), len(test), len(train)
     f_train, f_test, f_fake = (extract_features(clf, x) for x in (train.images, test.images, first))
     out: dict[str, Any] = {}
@@ -262,17 +261,11 @@ def evaluate(
     )
     lt_config = dataclasses.replace(classifier_config, translation=0.0)
     calls: dict[str, Call] = {}
-    if long_tail:
-        for s in seeds:
-            calls[f"long_tail seed {s}"] = Call(
-                long_tail_row,
-                dict(train=train, test=test, seed=s, train_fn=lt_fn, classifier_config=lt_config),
-            )
-    for k in sorted(gain_k, reverse=True):
-        for s in seeds:
-            calls[f"gain k={k} seed {s}"] = Call(
-                gain_row, dict(plan=gain.plans[k], seed=s, train=train, test=test, train_fn=gain.train_fn)
-            )
+    lt_calls = long_tail_calls(train, test, seeds, lt_fn, lt_config) if long_tail else {}
+    calls.update(lt_calls)
+    by_k_calls = {k: gain_calls(gain.plans[k], seeds, train, test, gain.train_fn) for k in gain_k}
+    for k in sorted(gain_k, reverse=True):  # the longest first
+        calls.update(by_k_calls[k])
     for s in seeds:
         calls[f"cas seed {s}"] = Call(
             cas_of_samples,
@@ -388,11 +381,9 @@ def evaluate(
     }
 
     # Augmentation gain, plain and over classical augmentation; long-tailed balancing.
-    by_k = {
-        str(k): gain_summary(gain.plans[k], [done[f"gain k={k} seed {s}"] for s in seeds]) for k in gain_k
-    }
+    by_k = {str(k): gain_summary(gain.plans[k], [done[n] for n in by_k_calls[k]]) for k in gain_k}
     out.update(_gain_sections(kind, model_type, gain, by_k, seeds, gain_k, train_fn))
-    lt = long_tail_summary([done[f"long_tail seed {s}"] for s in seeds]) if long_tail else None
+    lt = long_tail_summary([done[n] for n in lt_calls]) if long_tail else None
     out["long_tail_gain"] = _long_tail_section(model_type, kind, len(test), seeds, lt, train_fn)
 
     report: dict[str, Any] = {

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from jobs.rayinit import ray_session
 from jobs.store.location import read_json, write_json_atomic
 
 if TYPE_CHECKING:
@@ -183,8 +184,6 @@ def run_calls(
         return {name: results[name] for name in calls}
 
     import ray
-
-    from jobs.rayinit import ray_session
 
     with ray_session():
         shared: dict[int, ray.ObjectRef] = {}  # id(value) -> its one copy in the object store

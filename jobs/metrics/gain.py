@@ -21,6 +21,7 @@ from jobs.data.images import ImageDataset, class_balanced_sampler
 from jobs.data.spec import load_dataset, parse_spec
 from jobs.metrics.classifier import GAIN_CLASSIFIER, ClassifierConfig, Log, deterministic, mean_std, quiet
 from jobs.metrics.fidelity import cas
+from jobs.tasks import Call, run_calls
 from models.blocks import diff_augment
 from models.cgan import d_loss, g_loss
 from models.checkpoint import build_model
@@ -223,6 +224,7 @@ def augmentation_gain(
     classical_reference: bool = True,
     train: ImageDataset | None = None,
     test: ImageDataset | None = None,
+    workers: int = 1,
     log: Log = quiet,
 ) -> dict[str, Any]:
     """Low-data augmentation gain: do samples help a classifier that has only k real images per class?
@@ -241,7 +243,9 @@ def augmentation_gain(
     ``classical_reference`` repeats both arms with the dataset's classical augmentation
     (``classical_augmentation``: random crops, flips where safe) on every batch: the gain over a
     classifier that already uses classical augmentation (``*_classical``). Returns per-seed numbers and
-    mean/std (ddof=1) over seeds, accuracies in [0, 1], gains also in pp.
+    mean/std (ddof=1) over seeds, accuracies in [0, 1], gains also in pp. The seeds are independent calls
+    (``gain_row``): ``workers`` > 1 runs that many at once as Ray tasks (``jobs.tasks.run_calls``; the same
+    figures).
     """
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive integer (real images per class), got {k!r}")
@@ -256,11 +260,21 @@ def augmentation_gain(
     plan = gain_plan(
         spec, k, train.num_classes, n_synth_per_class, real_share, classifier_config, classical_reference
     )
-    rows = []
-    for seed in seeds:
-        log(f"augmentation gain k={k} seed={seed}: training the generator on {k} images per class ...")
-        rows.append(gain_row(plan, seed, train, test, train_fn))
-    return gain_summary(plan, rows)
+    log(f"augmentation gain k={k}, seeds {list(seeds)}: a generator on {k} images per class each ...")
+    rows = run_calls(gain_calls(plan, seeds, train, test, train_fn), workers, progress=log)
+    return gain_summary(plan, list(rows.values()))
+
+
+def gain_calls(
+    plan: GainPlan, seeds: Sequence[int], train: ImageDataset, test: ImageDataset, train_fn: TrainFn
+) -> dict[str, Call]:
+    """``gain_row`` of each seed as a named call for ``jobs.tasks.run_calls`` (in seed order)."""
+    return {
+        f"gain k={plan.k} seed {s}": Call(
+            gain_row, dict(plan=plan, seed=s, train=train, test=test, train_fn=train_fn)
+        )
+        for s in seeds
+    }
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,7 @@ from jobs.metrics.gain import (
     sample_images,
     train_generator,
 )
+from jobs.tasks import Call, run_calls
 
 RARE_CLASSES = 3  # classes cut down
 RARE_KEEP = 0.01  # share of a rare class's train images that is kept
@@ -113,9 +114,11 @@ def long_tail_gain(
     keep: float = RARE_KEEP,
     real_share: float = LONG_TAIL_REAL_SHARE,
     classifier_config: ClassifierConfig = GAIN_CLASSIFIER,
+    workers: int = 1,
     log: Log = quiet,
 ) -> dict[str, Any]:
-    """The protocol of this module's docstring on ``train``/``test``; per-seed rows and mean ± std."""
+    """The protocol of this module's docstring on ``train``/``test``; per-seed rows and mean ± std. The
+    seeds are independent calls (``long_tail_row``): ``workers`` > 1 runs that many at once as Ray tasks."""
     C = train.num_classes
     if not 1 <= rare_classes < C:
         raise ValueError(f"rare_classes must be in 1..{C - 1}, got {rare_classes!r}")
@@ -124,11 +127,9 @@ def long_tail_gain(
     if train_fn is None:
         r = recipe or LONG_TAIL_RECIPES[model_type]
         train_fn = functools.partial(train_generator, model_type, model_config=model_config, recipe=r)
-    rows = []
-    for seed in seeds:
-        log(f"long tail seed {seed}: training the generator on the long-tailed set ...")
-        row = long_tail_row(train, test, seed, train_fn, rare_classes, keep, real_share, classifier_config)
-        rows.append(row)
+    log(f"long tail, seeds {list(seeds)}: a generator on the long-tailed set each ...")
+    calls = long_tail_calls(train, test, seeds, train_fn, classifier_config, rare_classes, keep, real_share)
+    rows = list(run_calls(calls, workers, progress=log).values())
     return long_tail_summary(rows, real_share, rare_classes, keep)
 
 
@@ -182,6 +183,34 @@ def long_tail_row(
     row["classifier_steps"] = steps
     row["classical"] = classical_text(cfg)
     return row
+
+
+def long_tail_calls(
+    train: ImageDataset,
+    test: ImageDataset,
+    seeds: Sequence[int],
+    train_fn: TrainFn,
+    classifier_config: ClassifierConfig = GAIN_CLASSIFIER,
+    rare_classes: int = RARE_CLASSES,
+    keep: float = RARE_KEEP,
+    real_share: float = LONG_TAIL_REAL_SHARE,
+) -> dict[str, Call]:
+    """``long_tail_row`` of each seed as a named call for ``jobs.tasks.run_calls`` (in seed order)."""
+    settings = dict(rare_classes=rare_classes, keep=keep, real_share=real_share)
+    return {
+        f"long_tail seed {s}": Call(
+            long_tail_row,
+            dict(
+                train=train,
+                test=test,
+                seed=s,
+                train_fn=train_fn,
+                classifier_config=classifier_config,
+                **settings,
+            ),
+        )
+        for s in seeds
+    }
 
 
 def long_tail_summary(

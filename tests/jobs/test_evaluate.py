@@ -16,6 +16,7 @@ from torch import nn
 from jobs import evaluate as ev
 from jobs.data.spec import load_dataset
 from jobs.metrics import classifier, distances, fidelity, gain
+from jobs.metrics import report as report_module
 from jobs.store.registry import Registry
 from models.cgan import CGAN
 from models.checkpoint import build_model, checkpoint_hash, save_checkpoint
@@ -351,6 +352,9 @@ def test_cli_evaluates_an_untrained_model_and_writes_the_report(tmp_path, monkey
     assert set(report["label_fidelity"]["per_class"]) == {str(i) for i in range(10)}
     assert (vdir / "eval_samples.png").is_file() and "eval_curves.png" in report["figures"]
     md = (vdir / "eval.md").read_text()
+    assert "Targets: the digits table (issue 5)" in md
+    real = report_module.render_markdown({**report, "targets": "real", "dataset": "fashion-mnist:/x"})
+    assert "Targets: the real-data table (issue 17)" in real and "digits table" not in real
     assert "| metric | value | target | met | protocol |" in md and "| cas_ratio |" in md
     for name in ("fid", "cas_ratio", "label_fidelity", "memorisation", "augmentation_gain"):
         assert name in out
