@@ -269,26 +269,14 @@ def real_baseline(
     Seed ``config.seed`` is the cached feature classifier; other seeds are trained once and their
     accuracy (not the weights) is cached in the classifier's json.
     """
-    acc = cached_real_accuracy(home, train, test, seed, config, log)
-    if acc is None:
-        log(f"training the real-data reference classifier, seed {seed} ...")
-        acc = real_accuracy(train, test, seed, config)
-        store_real_accuracy(home, train, seed, acc)
-    return acc
-
-
-def cached_real_accuracy(
-    home: str | Path | None,
-    train: ImageDataset,
-    test: ImageDataset,
-    seed: int,
-    config: ClassifierConfig = ClassifierConfig(),
-    log: Log = quiet,
-) -> float | None:
-    """``real_baseline``'s figure for ``seed`` if the classifier cache has it, else None."""
     _, meta = feature_classifier(home, train, test, config, log)
     found = (meta.get("real_accuracy_by_seed") or {}).get(str(seed))
-    return None if found is None else float(found)
+    if found is not None:
+        return float(found)
+    log(f"training the real-data reference classifier, seed {seed} ...")
+    acc = real_accuracy(train, test, seed, config)
+    store_real_accuracy(home, train, seed, acc)
+    return acc
 
 
 def real_accuracy(
