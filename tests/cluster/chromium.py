@@ -129,7 +129,9 @@ class Page:
             f"""(() => {{ const e = document.querySelector({json.dumps(selector)});
                 if (!e || e.offsetParent === null && e.tagName !== 'DIALOG') return null;
                 e.scrollIntoView({{block: 'center'}}); const r = e.getBoundingClientRect();
-                return r.width && r.height ? [r.x + r.width / 2, r.y + r.height / 2] : null; }})()""",
+                if (!r.width || !r.height) return null;
+                const x = r.x + r.width / 2, y = r.y + r.height / 2, hit = document.elementFromPoint(x, y);
+                return hit && (hit === e || e.contains(hit)) ? [x, y] : null; }})()""",
             what=f"{selector} visible",
         )
         return rect[0], rect[1]

@@ -134,11 +134,14 @@ def job_row(page: Page, job_id: str) -> dict:
 
 
 def wait_status(page: Page, job_id: str, status: str, timeout: float = 180) -> dict:
-    page.wait(
-        f"(document.getElementById('job-{job_id}') || {{dataset: {{}}}}).dataset.status === '{status}'",
-        timeout=timeout,
-        what=f"job {job_id} to show {status}",
-    )
+    try:
+        page.wait(
+            f"(document.getElementById('job-{job_id}') || {{dataset: {{}}}}).dataset.status === '{status}'",
+            timeout=timeout,
+            what=f"job {job_id} to show {status}",
+        )
+    except AssertionError as e:  # say what the row showed instead (its error text, say)
+        raise AssertionError(f"{e}; the row: {job_row(page, job_id)}") from None
     return job_row(page, job_id)
 
 
