@@ -39,7 +39,7 @@ def plain_images_per_s(kind: str, epochs: int, dataset: str = "digits", device: 
     from torch.utils.data import DataLoader
 
     from jobs.data.spec import load_dataset
-    from jobs.trainer.loop import memory_format_for
+    from jobs.trainer.loop import memory_format_for, step_noise_dim
     from jobs.trainer.settings import TrainSettings, model_config, resolve_settings
     from models.cgan import d_loss, g_loss
     from models.checkpoint import build_model
@@ -60,6 +60,7 @@ def plain_images_per_s(kind: str, epochs: int, dataset: str = "digits", device: 
         G, D = model.generator, model.discriminator
         og = torch.optim.Adam(G.parameters(), lr=lr, betas=(0.0, 0.9), fused=True)
         od = torch.optim.Adam(D.parameters(), lr=lr, betas=(0.0, 0.9), fused=True)
+    noise_dim = step_noise_dim(model)
     rates = []  # images/s per epoch; like the trainer's figure, the median of the epochs after the first
     for _ in range(epochs):
         seen, t0 = 0, time.perf_counter()
@@ -68,7 +69,7 @@ def plain_images_per_s(kind: str, epochs: int, dataset: str = "digits", device: 
                 x.to(device, non_blocking=True, memory_format=memory_format),
                 y.to(device, non_blocking=True),
             )
-            z = torch.randn(len(x), model.noise_dim, device=device)
+            z = torch.randn(len(x), noise_dim, device=device)
             if kind == "cvae":
                 with autocast:
                     out = model(x, y, noise=z)
@@ -83,7 +84,7 @@ def plain_images_per_s(kind: str, epochs: int, dataset: str = "digits", device: 
                 od.step()
                 D.requires_grad_(False)
                 with autocast:
-                    z = torch.randn(len(x), model.noise_dim, device=device)
+                    z = torch.randn(len(x), noise_dim, device=device)
                     gl = g_loss(G, D, y, z, augment=model.config.diffaug)
                 og.zero_grad()
                 gl.loss.backward()

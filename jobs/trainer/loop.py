@@ -78,6 +78,13 @@ def memory_format_for(model: torch.nn.Module, gpu: bool) -> torch.memory_format:
     return torch.channels_last if conv else torch.contiguous_format
 
 
+def step_noise_dim(model: torch.nn.Module) -> int:
+    """Noise per image that a training step draws: the cGAN's generator input (``noise_dim``), the cVAE's
+    reparameterisation epsilon (``latent_dim``; its ``noise_dim`` is the sampling noise, two wider for a
+    mixture prior). The trainer and the plain benchmark loop both use it."""
+    return model.noise_dim if isinstance(model, CGAN) else model.config.latent_dim
+
+
 def _kl_weight(epoch: int, epochs: int) -> float:
     """KL warm-up for the VAE: linear from 0 to 1 over the first 30% of epochs."""
     warm = max(1, (3 * epochs) // 10)
@@ -154,8 +161,7 @@ def train_loop_per_worker(config: dict) -> dict:
             start_epoch, history, starts = state["epoch"] + 1, state["history"], state["starts"]
     starts.append(start_epoch)  # where each (re)start of this run began; > 1 entry means it resumed
 
-    # the cVAE's noise is its reparameterisation epsilon (a mixture prior's sampling noise is wider)
-    noise_dim = model.config.latent_dim if s.model == "cvae" else model.noise_dim
+    noise_dim = step_noise_dim(model)
     plan = EpochPlan(s.epochs, config.get("deadline"), device)
     epoch = start_epoch
     while epoch < plan.epochs:

@@ -8,6 +8,7 @@ import torch
 
 from jobs.trainer import loop
 from jobs.trainer.loop import EpochPlan
+from models.checkpoint import build_model
 
 
 def test_without_a_deadline_the_plan_is_the_epochs():
@@ -38,3 +39,13 @@ def test_the_plan_never_ends_before_the_epoch_done_nor_after_the_cap(monkeypatch
     early.after_epoch(0, 1.0)
     assert early.epochs == 6
     assert math.isnan(EpochPlan(3, None, torch.device("cpu")).epoch_s)
+
+
+def test_a_step_draws_the_cvae_epsilon_and_the_cgan_input():
+    # a mixture prior samples with two extra dimensions, but its reparameterisation epsilon is the latent's
+    cvae = build_model("cvae", {"arch": "conv", "image_size": 28, "latent_dim": 12, "prior": "class_mixture"})
+    assert (cvae.noise_dim, loop.step_noise_dim(cvae)) == (14, 12)
+    gaussian = build_model("cvae", {"latent_dim": 12, "prior": "class_gaussian"})
+    assert loop.step_noise_dim(gaussian) == gaussian.noise_dim == 12
+    cgan = build_model("cgan", {"z_dim": 24})
+    assert loop.step_noise_dim(cgan) == 24
