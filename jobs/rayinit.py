@@ -46,6 +46,31 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+# HAProxy's own ports (stats, metrics, fallback proxy) come from below Linux's default ephemeral range
+# (32768-60999): a port that ``free_port`` found free could be handed to one of the many Ray processes that
+# start before HAProxy binds it ("Address already in use" after a restart, seen once in the test suite).
+HAPROXY_PORTS = (30000, 32768)
+
+
+def free_port_below_ephemeral(
+    taken: set[int], low: int = HAPROXY_PORTS[0], high: int = HAPROXY_PORTS[1]
+) -> int:
+    """A random port in [low, high), not in ``taken``, that is free on 127.0.0.1 now (the kernel never hands
+    these out itself); it is added to ``taken``."""
+    for _ in range(200):
+        candidate = low + secrets.randbelow(high - low)
+        if candidate in taken:
+            continue
+        taken.add(candidate)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", candidate))
+            except OSError:
+                continue
+            return candidate
+    raise OSError(f"no free port in [{low}, {high}) after 200 tries")
+
+
 HAPROXY_SOCKET = "admin.sock"  # HAProxy's admin socket, in the instance's folder
 
 
@@ -146,7 +171,8 @@ def haproxy_env() -> dict[str, str]:
         f.write(str(os.getpid()))
     base = 20000 + 100 * secrets.randbelow(100)  # HTTP ports base..base+99, gRPC 10000 lower
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    env = _instance_settings(folder, base, free_port)
+    taken: set[int] = set()  # the instance's ports differ from each other
+    env = _instance_settings(folder, base, lambda: free_port_below_ephemeral(taken))
     if owner is None:  # set by the user, not by a parent genaug: theirs win
         env = {k: os.environ.get(k, v) for k, v in env.items()}
     return {**HAPROXY_ENV, **env, "GENAUG_HAPROXY_PID": str(os.getpid())}
