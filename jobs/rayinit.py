@@ -46,10 +46,10 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-# HAProxy's own ports (stats, metrics, fallback proxy) come from below Linux's default ephemeral range
+# HAProxy's own ports (stats, metrics, fallback proxy) come from just below Linux's default ephemeral range
 # (32768-60999): a port that ``free_port`` found free could be handed to one of the many Ray processes that
 # start before HAProxy binds it ("Address already in use" after a restart, seen once in the test suite).
-HAPROXY_PORTS = (30000, 32768)
+HAPROXY_PORTS = (31001, 32768)  # above Ray's default replica HTTP ports (30000-31000)
 
 
 def free_port_below_ephemeral(

@@ -66,7 +66,7 @@ def test_each_haproxy_instance_gets_its_own_folder_and_ports(clean_env):
     assert Path(mine["RAY_SERVE_HAPROXY_SOCKET_PATH"]).parent == folder
     keys = ("HAPROXY_STATS", "HAPROXY_METRICS", "FALLBACK_PROXY_HTTP")
     own_ports = [int(mine[f"RAY_SERVE_{k}_PORT"]) for k in keys]
-    assert len(set(own_ports)) == 3 and all(30000 <= p < 32768 for p in own_ports)  # not the kernel's to give
+    assert len(set(own_ports)) == 3 and all(31001 <= p < 32768 for p in own_ports)  # not the kernel's to give
     for key, value in mine.items():  # as select_ingress sets them
         clean_env.setenv(key, value)
     assert haproxy_env() == mine  # asked again in this process: the same instance
