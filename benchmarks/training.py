@@ -148,7 +148,7 @@ def run(epochs: int = 20, fashion_epochs: int = 5) -> list[Row]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--epochs", type=int, default=20, help="digits epochs (default 20)")
-    p.add_argument("--fashion-epochs", type=int, default=5, help="Fashion-MNIST epochs (default 5: the median of four after the warm-up)")
+    p.add_argument("--fashion-epochs", type=int, default=5, help="Fashion-MNIST epochs (default 5)")
     args = p.parse_args(argv)
     print(json.dumps([r.to_dict() for r in run(args.epochs, args.fashion_epochs)], indent=2))
     return 0
