@@ -41,7 +41,7 @@ def _rows(suite: str, quick: bool) -> list[dict]:
     if suite == "training":
         from benchmarks import training
 
-        return [r.to_dict() for r in training.run(*((5, 2) if quick else (20, 5)))]
+        return [r.to_dict() for r in (training.run(5, 2) if quick else training.run())]
     from benchmarks import loader_bench
 
     return loader_bench.run()
