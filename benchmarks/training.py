@@ -39,9 +39,8 @@ def plain_images_per_s(kind: str, epochs: int, dataset: str = "digits", device: 
     from torch.utils.data import DataLoader
 
     from jobs.data.spec import load_dataset
-    from jobs.trainer.loop import memory_format_for, step_noise_dim
+    from jobs.trainer.loop import gan_step, memory_format_for, step_noise_dim
     from jobs.trainer.settings import TrainSettings, model_config, resolve_settings
-    from models.cgan import d_loss, g_loss
     from models.checkpoint import build_model
 
     torch.manual_seed(0)
@@ -58,13 +57,15 @@ def plain_images_per_s(kind: str, epochs: int, dataset: str = "digits", device: 
         opt = torch.optim.Adam(model.parameters(), lr=lr, fused=True)
     else:
         G, D = model.generator, model.discriminator
-        og = torch.optim.Adam(G.parameters(), lr=lr, betas=(0.0, 0.9), fused=True)
-        od = torch.optim.Adam(D.parameters(), lr=lr, betas=(0.0, 0.9), fused=True)
+        opts = {
+            "generator": torch.optim.Adam(G.parameters(), lr=lr, betas=(0.0, 0.9), fused=True),
+            "discriminator": torch.optim.Adam(D.parameters(), lr=lr, betas=(0.0, 0.9), fused=True),
+        }
     noise_dim = step_noise_dim(model)
     rates = []  # images/s per epoch; like the trainer's figure, the median of the epochs after the first
-    for _ in range(epochs):
+    for epoch in range(epochs):
         seen, t0 = 0, time.perf_counter()
-        for x, y in loader:
+        for step, (x, y) in enumerate(loader):
             x, y = (
                 x.to(device, non_blocking=True, memory_format=memory_format),
                 y.to(device, non_blocking=True),
@@ -76,21 +77,8 @@ def plain_images_per_s(kind: str, epochs: int, dataset: str = "digits", device: 
                 opt.zero_grad()
                 out.loss.backward()
                 opt.step()
-            else:
-                with autocast:
-                    dl = d_loss(G, D, x, y, z, augment=model.config.diffaug)
-                od.zero_grad()
-                dl.loss.backward()
-                od.step()
-                D.requires_grad_(False)
-                with autocast:
-                    z = torch.randn(len(x), noise_dim, device=device)
-                    gl = g_loss(G, D, y, z, augment=model.config.diffaug)
-                og.zero_grad()
-                gl.loss.backward()
-                og.step()
-                D.requires_grad_(True)
-                model.update_ema(G)
+            else:  # the trainer's step, as one rank of one
+                gan_step(model, G, D, opts, x, y, z, s, epoch, step, 0, 1, autocast)
             seen += len(x)
         if gpu:
             torch.cuda.synchronize()

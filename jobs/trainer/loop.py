@@ -189,7 +189,7 @@ def train_loop_per_worker(config: dict) -> dict:
                 optimizers["model"].step()
                 parts = {"loss": out.loss, "recon": out.recon, "kl": out.kl}
             else:
-                parts = _gan_step(model, G, D, optimizers, x, y, noise, s, epoch, step, rank, world, autocast)
+                parts = gan_step(model, G, D, optimizers, x, y, noise, s, epoch, step, rank, world, autocast)
             for k, v in parts.items():  # kept on the device: float() here would stall the GPU every step
                 parts_seen.setdefault(k, []).append(v.detach())
             seen += x.shape[0]
@@ -263,8 +263,9 @@ def _maybe_compile(net: torch.nn.Module, s: TrainSettings) -> torch.nn.Module:
     return torch.compile(net) if s.compile else net
 
 
-def _gan_step(model, G, D, optimizers, x, y, noise, s, epoch, step, rank, world, autocast) -> dict:
-    """One hinge-loss GAN step: D on (real, fake.detach()); then G through a frozen D; then the EMA."""
+def gan_step(model, G, D, optimizers, x, y, noise, s, epoch, step, rank, world, autocast) -> dict:
+    """One hinge-loss GAN step: D on (real, fake.detach()); then G through a frozen D; then the EMA.
+    The trainer and the plain benchmark loop both use it."""
 
     noise_g = global_noise(s.seed + 1, epoch, step, s.batch_size, model.noise_dim, rank, world).to(x.device)
     with autocast:
