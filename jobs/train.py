@@ -6,7 +6,8 @@ Launch::
     ray job submit --working-dir . -- python -m jobs.train --model cvae --dataset digits --name digits-cvae
 
 The default recipe for the data (``models.recipes``) fills every setting not given and is printed at the
-start; ``--time-budget`` ends the run, checkpointed, when the next epoch would not fit. Ray Train runs
+start; ``--time-budget`` ends the run, checkpointed, when the budget is spent (whole epochs while they fit,
+then a partial one: ``jobs.trainer.loop.EpochPlan``). Ray Train runs
 ``jobs.trainer.loop.train_loop_per_worker`` on ``--workers`` processes (DDP: gloo on CPU, NCCL with
 ``--gpu``). Rank 0 checkpoints through ``ray.train.report``; a crashed worker restarts from the last
 checkpoint (``FailureConfig``) and ``--resume`` continues an interrupted run of the same name. On
@@ -67,8 +68,8 @@ def train(
 
     Unset fields of ``settings`` come from the default recipe for the data (``models.recipes``), printed
     unless ``quiet``; ``ds`` is the training split when the caller loaded it already. With
-    ``settings.time_budget_s`` the run ends (checkpointed) when the next epoch would not finish within the
-    budget, counted from this call; a small reserve is kept for the registration.
+    ``settings.time_budget_s`` the run ends (checkpointed) when the budget, counted from this call, is spent:
+    whole epochs while they fit, then a partial last one; a small reserve is kept for the registration.
     """
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -184,7 +185,7 @@ def register_checkpoint(
             "images_per_s": float(np.median(ips)),
             "train_time_s": round(train_time, 2),
             "time_budget_s": s.time_budget_s or None,
-            # why the run ended: its epochs, or the time budget (the next epoch would not have fit)
+            # why the run ended: its epochs, or the time budget (fewer epochs, the last maybe partial)
             "stopped_by": "time budget" if history[-1]["epoch"] < s.epochs else "epochs",
             "train_settings": s.to_dict(),
             "run_id": run_id,
@@ -252,7 +253,7 @@ class _Progress:
         )
         if self.tty:
             print("\r" + line.ljust(len(self.last)), end="", flush=True)
-        elif m["epoch"] % self.every == 0 or m["epoch"] == epochs or m["epoch"] == 1:
+        elif m["epoch"] % self.every == 0 or math.ceil(m["epoch"]) == epochs or m["epoch"] == 1:
             print(line, flush=True)
         self.last = line
 

@@ -162,7 +162,8 @@ def train_loop_per_worker(config: dict) -> dict:
     starts.append(start_epoch)  # where each (re)start of this run began; > 1 entry means it resumed
 
     noise_dim = step_noise_dim(model)
-    plan = EpochPlan(s.epochs, config.get("deadline"), device)
+    steps_per_epoch = min(len(loader), s.limit_batches or len(loader))
+    plan = EpochPlan(s.epochs, config.get("deadline"), device, steps_per_epoch)
     epoch = start_epoch
     while epoch < plan.epochs:
         if world > 1 and hasattr(loader.sampler, "set_epoch"):
@@ -176,8 +177,10 @@ def train_loop_per_worker(config: dict) -> dict:
                 raise RuntimeError(f"injected failure at epoch {epoch} (test hook)")
         t0, seen, parts_seen = time.perf_counter(), 0, {}
         model.train()
+        tail = plan.steps_in(epoch)  # a time budget's partial last epoch, or None
+        limit = min((n for n in (s.limit_batches, tail) if n is not None), default=None)  # tests limit too
         for step, (x, y) in enumerate(loader):
-            if s.limit_batches is not None and step >= s.limit_batches:
+            if limit is not None and step >= limit:
                 break
             x = x.contiguous(memory_format=memory_format) if x.dim() == 4 else x
             noise = global_noise(s.seed, epoch, step, s.batch_size, noise_dim, rank, world).to(device)
@@ -200,7 +203,9 @@ def train_loop_per_worker(config: dict) -> dict:
         dt = time.perf_counter() - t0
         steps = max(1, math.ceil(seen / max(1, s.batch_size // world)))
         metrics = {k: torch.stack(v).double().sum().item() / steps for k, v in parts_seen.items()}
-        metrics.update(epoch=epoch + 1, images_per_s=seen * world / max(dt, 1e-9))
+        # a partial last epoch counts as its share of an epoch (4.45: four epochs and 45 % of a fifth)
+        done = epoch + 1 if tail is None else epoch + round(tail / plan.steps_per_epoch, 3)
+        metrics.update(epoch=done, images_per_s=seen * world / max(dt, 1e-9))
         history.append(metrics)
         plan.after_epoch(epoch, dt)  # with a time budget: how many epochs fit, decided by rank 0
         if rank == 0 and progress is not None:  # fire and forget: no round trip per epoch
@@ -229,24 +234,44 @@ class EpochPlan:
     rank 0 estimates an epoch's time (the median of this start's epochs) and plans the last epoch that
     still ends in time; it broadcasts the plan so that every rank stops after the same epoch (one small
     collective per epoch). The plan only ever shrinks below ``epochs``, never below the epoch just done.
+
+    With ``steps_per_epoch`` known, the time left after the last whole epoch is not wasted: when at least
+    ``MIN_TAIL`` of an epoch fits, the plan adds a last, partial epoch of ``last_steps`` steps (a 10-minute
+    budget on Fashion-MNIST with ~110 s epochs used to end 50-130 s early).
     """
 
-    def __init__(self, epochs: int, deadline: float | None, device: torch.device) -> None:
+    MIN_TAIL = 0.1  # shortest partial last epoch worth its checkpoint, as a share of an epoch
+
+    def __init__(
+        self, epochs: int, deadline: float | None, device: torch.device, steps_per_epoch: int = 0
+    ) -> None:
         self.epochs, self.deadline, self.device = epochs, deadline, device
-        self.cap = epochs
+        self.cap, self.steps_per_epoch = epochs, steps_per_epoch
+        self.last_steps = 0  # > 0: the planned last epoch stops after this many steps
         self.times: list[float] = []
 
     def after_epoch(self, epoch: int, seconds: float) -> None:
         """Record epoch ``epoch`` (0-based) took ``seconds``; replan when there is a deadline."""
+        if self.steps_in(epoch) is not None:  # the partial epoch ends the run (every rank knows it)
+            self.epochs, self.last_steps = epoch + 1, 0
+            return
         self.times.append(seconds)
         if not self.deadline:
             return
-        left = self.deadline - time.time()
-        fit = epoch + 1 + max(0, int(left // self.epoch_s))
-        plan = torch.tensor([min(self.cap, fit)], dtype=torch.long, device=self.device)
+        left = max(0.0, self.deadline - time.time()) / self.epoch_s  # in epochs
+        fit, tail = epoch + 1 + int(left), int((left - int(left)) * self.steps_per_epoch)
+        if fit < self.cap and tail >= 1 and left - int(left) >= self.MIN_TAIL:
+            fit += 1
+        else:
+            tail = 0
+        plan = torch.tensor([min(self.cap, fit), tail], dtype=torch.long, device=self.device)
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             dist.broadcast(plan, src=0)
-        self.epochs = int(plan.item())
+        self.epochs, self.last_steps = int(plan[0].item()), int(plan[1].item())
+
+    def steps_in(self, epoch: int) -> int | None:
+        """Steps epoch ``epoch`` (0-based) stops after: ``last_steps`` for a partial last one, else None."""
+        return self.last_steps if self.last_steps and epoch == self.epochs - 1 else None
 
     @property
     def epoch_s(self) -> float:
@@ -255,7 +280,10 @@ class EpochPlan:
 
     def eta_s(self, epoch: int) -> float:
         """Seconds until the planned last epoch ends, after epoch ``epoch`` (0-based)."""
-        return (self.epochs - epoch - 1) * self.epoch_s
+        left = self.epochs - epoch - 1
+        if left > 0 and self.last_steps:
+            left -= 1 - self.last_steps / self.steps_per_epoch
+        return left * self.epoch_s
 
 
 def _maybe_compile(net: torch.nn.Module, s: TrainSettings) -> torch.nn.Module:
